@@ -1,0 +1,5 @@
+//! okvm-init: PID 1 inside every okvm guest, and the definitions the host side
+//! shares with it.
+
+pub mod banner;
+pub mod uptime;

@@ -1,0 +1,53 @@
+//! Helpers for the end-to-end suites.
+//!
+//! Two kinds of tests live in this crate, all `#[ignore]`d so that a plain
+//! `cargo test` on a development machine stays fast and boots nothing:
+//! - `tests/testhost.rs` runs on the machine itself and boots test hosts through
+//!   `integration/testhost/run` to check the harness;
+//! - the other suites run *inside* one test host (`make test` starts them there
+//!   through `integration/run-suite`), where `/dev/kvm` is backed by (emulated)
+//!   hardware virtualization and real guests boot.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The repository this test binary was built from.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("integration/ has a parent")
+        .to_path_buf()
+}
+
+/// `target/okvm/<name>`: the stable artifact paths `make` produces.
+pub fn artifact(name: &str) -> PathBuf {
+    let p = repo_root().join("target/okvm").join(name);
+    assert!(
+        p.exists(),
+        "{} missing: run `make` first (it builds the guest kernel, initramfs and images)",
+        p.display()
+    );
+    p
+}
+
+/// Fails the test unless it runs inside the emulated test host.
+pub fn require_testhost() {
+    assert_eq!(
+        std::env::var("OKVM_TESTHOST").as_deref(),
+        Ok("1"),
+        "this suite boots guests: run it inside the test host (make test-e2e)"
+    );
+}
+
+/// `integration/testhost/run ARGS...`, capturing its output.
+pub fn testhost(args: &[&str]) -> Output {
+    Command::new(repo_root().join("integration/testhost/run"))
+        .args(args)
+        .output()
+        .expect("cannot start integration/testhost/run")
+}
+
+/// Lossy text of a captured stream, for assertions and failure messages.
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}

@@ -1,0 +1,116 @@
+//! The emulated KVM test host (`integration/testhost/run`), driven from the
+//! machine itself exactly as a developer or `make test` drives it.
+
+use std::process::Command;
+
+use okvm_integration::{repo_root, testhost, text};
+
+
+#[test]
+#[ignore = "boots the emulated test host; run by `make test`"]
+fn exit_status_and_streams_come_back() {
+    let out = testhost(&["--", "sh", "-c", "echo to-stdout; echo to-stderr >&2; exit 3"]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert_eq!(text(&out.stdout), "to-stdout\n");
+    assert_eq!(text(&out.stderr), "to-stderr\n");
+}
+
+#[test]
+#[ignore = "boots the emulated test host; run by `make test`"]
+fn kvm_inside_is_hardware_speed() {
+    let okvm = repo_root().join("target/release/okvm");
+    let out = testhost(&[
+        "--",
+        "sh",
+        "-c",
+        &format!("ls -l /dev/kvm && {} check-kvm", okvm.display()),
+    ]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(stdout.starts_with("crw"), "{stdout}");
+    assert!(stdout.contains("/dev/kvm"), "{stdout}");
+    assert!(stdout.contains("kvm: usable at hardware speed (svm)"), "{stdout}");
+}
+
+#[test]
+#[ignore = "boots the emulated test host; run by `make test`"]
+fn host_files_are_visible_and_writable() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("in"), "from the host\n").unwrap();
+    let script = format!(
+        "cat {d}/in && echo from the test host > {d}/out && echo scratch > $TMPDIR/s && cat $TMPDIR/s",
+        d = dir.path().display()
+    );
+    let out = testhost(&["--", "sh", "-c", &script]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(text(&out.stdout), "from the host\nscratch\n");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("out")).unwrap(),
+        "from the test host\n"
+    );
+}
+
+#[test]
+#[ignore = "boots the emulated test host; run by `make test`"]
+fn two_test_hosts_run_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    // Each waits until it sees the other's mark: they can only both succeed if
+    // they really run at the same time.
+    let script = |me: &str, other: &str| {
+        format!(
+            "touch {d}/{me}; i=0; until [ -e {d}/{other} ]; do i=$((i+1)); [ $i -gt 600 ] && exit 9; sleep 0.1; done; echo {me}",
+            d = dir.path().display()
+        )
+    };
+    let spawn = |s: String| {
+        Command::new(repo_root().join("integration/testhost/run"))
+            .args(["--timeout", "300", "--", "sh", "-c", &s])
+            .output()
+    };
+    let (a, b) = std::thread::scope(|sc| {
+        let a = sc.spawn(|| spawn(script("a", "b")));
+        let b = sc.spawn(|| spawn(script("b", "a")));
+        (a.join().unwrap().unwrap(), b.join().unwrap().unwrap())
+    });
+    assert!(a.status.success() && b.status.success(), "{a:?}\n{b:?}");
+    assert_eq!(text(&a.stdout), "a\n");
+    assert_eq!(text(&b.stdout), "b\n");
+}
+
+#[test]
+#[ignore = "boots the emulated test host; run by `make test`"]
+fn timeout_stops_everything_and_leaves_nothing() {
+    let rundir = tempfile::tempdir().unwrap();
+    let out = Command::new(repo_root().join("integration/testhost/run"))
+        .env("OKVM_TESTHOST_RUNDIR", rundir.path())
+        .args(["--timeout", "2", "--", "sleep", "600"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(124), "{out:?}");
+    assert!(text(&out.stderr).contains("timed out after 2s"), "{out:?}");
+    // No run directory, hence no socket, log or QEMU/virtiofsd tied to it.
+    assert_eq!(std::fs::read_dir(rundir.path()).unwrap().count(), 0);
+    let ps = Command::new("ps").args(["-eo", "args"]).output().unwrap();
+    let leftovers: Vec<_> = text(&ps.stdout)
+        .lines()
+        .filter(|l| l.contains(&*rundir.path().to_string_lossy()))
+        .map(str::to_string)
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[test]
+fn usage_errors_are_one_clear_line() {
+    // No boot happens for these: the harness refuses before starting anything.
+    for (args, needle) in [
+        (&[][..], "no command given"),
+        (&["--timeout", "soon", "--", "true"][..], "--timeout must be whole seconds"),
+        (&["--bogus", "true"][..], "unknown option --bogus"),
+    ] {
+        let out = testhost(args);
+        assert_eq!(out.status.code(), Some(125), "{args:?}: {out:?}");
+        let err = text(&out.stderr);
+        assert_eq!(err.lines().count(), 1, "{err:?}");
+        assert!(err.contains(needle), "{err:?}");
+    }
+}
