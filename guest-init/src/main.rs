@@ -18,8 +18,16 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     for (fstype, target, flags) in [
-        ("proc", "/proc", MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC),
-        ("sysfs", "/sys", MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC),
+        (
+            "proc",
+            "/proc",
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        ),
+        (
+            "sysfs",
+            "/sys",
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        ),
         ("devtmpfs", "/dev", MsFlags::MS_NOSUID),
     ] {
         if let Err(e) = std::fs::create_dir_all(target) {

@@ -43,12 +43,24 @@ mod tests {
     fn parses_kernel_format() {
         assert_eq!(parse("0.12 0.00\n"), Ok(Duration::from_millis(120)));
         assert_eq!(parse("3 1"), Ok(Duration::from_secs(3)));
-        assert_eq!(parse("12345.67 9.1\n"), Ok(Duration::new(12345, 670_000_000)));
+        assert_eq!(
+            parse("12345.67 9.1\n"),
+            Ok(Duration::new(12345, 670_000_000))
+        );
     }
 
     #[test]
     fn rejects_garbage() {
-        for bad in ["", " ", "-1.0 0", "1.2.3 0", "x 0", "1.x 0", ".5 0", "1.0000000001 0"] {
+        for bad in [
+            "",
+            " ",
+            "-1.0 0",
+            "1.2.3 0",
+            "x 0",
+            "1.x 0",
+            ".5 0",
+            "1.0000000001 0",
+        ] {
             assert!(parse(bad).is_err(), "{bad:?}");
         }
     }

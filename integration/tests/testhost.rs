@@ -5,11 +5,15 @@ use std::process::Command;
 
 use okvm_integration::{repo_root, testhost, text};
 
-
 #[test]
 #[ignore = "boots the emulated test host; run by `make test`"]
 fn exit_status_and_streams_come_back() {
-    let out = testhost(&["--", "sh", "-c", "echo to-stdout; echo to-stderr >&2; exit 3"]);
+    let out = testhost(&[
+        "--",
+        "sh",
+        "-c",
+        "echo to-stdout; echo to-stderr >&2; exit 3",
+    ]);
     assert_eq!(out.status.code(), Some(3), "{out:?}");
     assert_eq!(text(&out.stdout), "to-stdout\n");
     assert_eq!(text(&out.stderr), "to-stderr\n");
@@ -29,7 +33,10 @@ fn kvm_inside_is_hardware_speed() {
     assert!(out.status.success(), "{out:?}");
     assert!(stdout.starts_with("crw"), "{stdout}");
     assert!(stdout.contains("/dev/kvm"), "{stdout}");
-    assert!(stdout.contains("kvm: usable at hardware speed (svm)"), "{stdout}");
+    assert!(
+        stdout.contains("kvm: usable at hardware speed (svm)"),
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -104,7 +111,10 @@ fn usage_errors_are_one_clear_line() {
     // No boot happens for these: the harness refuses before starting anything.
     for (args, needle) in [
         (&[][..], "no command given"),
-        (&["--timeout", "soon", "--", "true"][..], "--timeout must be whole seconds"),
+        (
+            &["--timeout", "soon", "--", "true"][..],
+            "--timeout must be whole seconds",
+        ),
         (&["--bogus", "true"][..], "unknown option --bogus"),
     ] {
         let out = testhost(args);

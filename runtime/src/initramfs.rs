@@ -21,7 +21,9 @@ pub enum Error {
     BadPath(String),
     #[error("initramfs path {0:?} is added twice")]
     Duplicate(String),
-    #[error("initramfs path {0:?} needs {1:?} to be a directory, but it was added as something else")]
+    #[error(
+        "initramfs path {0:?} needs {1:?} to be a directory, but it was added as something else"
+    )]
     NotADirectory(String, String),
     #[error("initramfs entry {0:?} is larger than 4 GiB, which newc cannot describe")]
     TooLarge(String),
@@ -97,7 +99,11 @@ impl Builder {
                     rdev: (0, 0),
                     data: Vec::new(),
                 });
-            } else if !self.entries.iter().any(|e| e.name == parent && is_dir(e.mode)) {
+            } else if !self
+                .entries
+                .iter()
+                .any(|e| e.name == parent && is_dir(e.mode))
+            {
                 return Err(Error::NotADirectory(name, parent));
             }
         }
@@ -215,16 +221,24 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// (name, mode, (rdev major, minor), data) of one parsed entry.
+    type Parsed = (String, u32, (u32, u32), Vec<u8>);
+
     /// A reader for what `write_to` produces, to check the format round-trips.
-    fn parse(mut buf: &[u8]) -> Vec<(String, u32, (u32, u32), Vec<u8>)> {
+    fn parse(mut buf: &[u8]) -> Vec<Parsed> {
         let mut out = Vec::new();
         let mut off = 0usize;
         loop {
             let h = std::str::from_utf8(&buf[..110]).unwrap();
             assert_eq!(&h[..6], MAGIC);
             let field = |i: usize| u32::from_str_radix(&h[6 + i * 8..14 + i * 8], 16).unwrap();
-            let (mode, size, rmaj, rmin, namesize) =
-                (field(1), field(6) as usize, field(9), field(10), field(11) as usize);
+            let (mode, size, rmaj, rmin, namesize) = (
+                field(1),
+                field(6) as usize,
+                field(9),
+                field(10),
+                field(11) as usize,
+            );
             let name = std::str::from_utf8(&buf[110..110 + namesize - 1])
                 .unwrap()
                 .to_string();
@@ -264,7 +278,10 @@ mod tests {
         b.file("a/b/c", 0o644, vec![1]).unwrap();
         b.file("a/b/d", 0o644, vec![2]).unwrap();
         b.dir("a", 0o700).unwrap();
-        let names: Vec<_> = parse(&b.to_bytes()).into_iter().map(|e| (e.0, e.1)).collect();
+        let names: Vec<_> = parse(&b.to_bytes())
+            .into_iter()
+            .map(|e| (e.0, e.1))
+            .collect();
         assert_eq!(
             names,
             vec![
@@ -280,11 +297,20 @@ mod tests {
     fn bad_paths_and_duplicates_are_refused() {
         let mut b = Builder::new();
         for p in ["", "/", "a/../b", "a//b", "./a", "a\0b"] {
-            assert!(matches!(b.file(p, 0o644, vec![]), Err(Error::BadPath(_))), "{p:?}");
+            assert!(
+                matches!(b.file(p, 0o644, vec![]), Err(Error::BadPath(_))),
+                "{p:?}"
+            );
         }
         b.file("x", 0o644, vec![]).unwrap();
-        assert!(matches!(b.file("/x", 0o644, vec![]), Err(Error::Duplicate(_))));
-        assert!(matches!(b.file("x/y", 0o644, vec![]), Err(Error::NotADirectory(..))));
+        assert!(matches!(
+            b.file("/x", 0o644, vec![]),
+            Err(Error::Duplicate(_))
+        ));
+        assert!(matches!(
+            b.file("x/y", 0o644, vec![]),
+            Err(Error::NotADirectory(..))
+        ));
         assert!(b.to_string_lossy_names().contains(&"x".to_string()));
     }
 

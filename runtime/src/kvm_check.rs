@@ -31,12 +31,20 @@ impl Default for Probe {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
     /// Hardware virtualization backs `/dev/kvm` (the CPU flag that proves it).
-    Hardware { cpu_flag: &'static str },
-    NoDevice { path: PathBuf },
-    NoPermission { path: PathBuf },
+    Hardware {
+        cpu_flag: &'static str,
+    },
+    NoDevice {
+        path: PathBuf,
+    },
+    NoPermission {
+        path: PathBuf,
+    },
     Pvm,
     NoVirtFlags,
-    Unusable { reason: String },
+    Unusable {
+        reason: String,
+    },
 }
 
 impl Verdict {
@@ -172,7 +180,12 @@ mod tests {
     fn missing_device_is_named() {
         let (_d, p) = fake(false, false, "vmx");
         let v = check_files(&p);
-        assert_eq!(v, Verdict::NoDevice { path: p.dev_kvm.clone() });
+        assert_eq!(
+            v,
+            Verdict::NoDevice {
+                path: p.dev_kvm.clone()
+            }
+        );
         assert!(v.to_string().contains("does not exist"));
     }
 

@@ -7,7 +7,11 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "okvm", version, about = "OCI runtime that runs each container as a KVM microVM")]
+#[command(
+    name = "okvm",
+    version,
+    about = "OCI runtime that runs each container as a KVM microVM"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

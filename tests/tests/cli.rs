@@ -20,7 +20,12 @@ fn check_kvm_says_one_line_that_matches_the_machine() {
     assert_eq!(text.lines().count(), 1, "{text:?}");
     assert!(text.starts_with("kvm: "), "{text:?}");
     let hardware = text.contains("usable at hardware speed (");
-    assert_eq!(out.status.success(), hardware, "{text:?} vs {:?}", out.status);
+    assert_eq!(
+        out.status.success(),
+        hardware,
+        "{text:?} vs {:?}",
+        out.status
+    );
     // Independent evidence from the machine itself.
     if !Path::new("/dev/kvm").exists() {
         assert!(text.contains("/dev/kvm does not exist"), "{text:?}");
@@ -29,7 +34,10 @@ fn check_kvm_says_one_line_that_matches_the_machine() {
         assert_eq!(out.status.code(), Some(1));
     } else {
         let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap();
-        let flags = cpuinfo.lines().find(|l| l.starts_with("flags")).unwrap_or("");
+        let flags = cpuinfo
+            .lines()
+            .find(|l| l.starts_with("flags"))
+            .unwrap_or("");
         let virt = flags.split_whitespace().any(|f| f == "vmx" || f == "svm");
         if !virt {
             assert!(text.contains("neither vmx nor svm"), "{text:?}");
@@ -77,7 +85,10 @@ fn initramfs_is_a_cpio_the_kernel_and_cpio_can_read() {
         .status()
         .unwrap();
     assert!(st.success());
-    assert_eq!(std::fs::read(x.join("init")).unwrap(), b"#!/bin/sh\necho hi\n");
+    assert_eq!(
+        std::fs::read(x.join("init")).unwrap(),
+        b"#!/bin/sh\necho hi\n"
+    );
 }
 
 #[test]
@@ -94,7 +105,11 @@ fn initramfs_with_missing_init_fails_cleanly() {
     assert_eq!(err.lines().count(), 1, "{err:?}");
     assert!(err.contains("/nonexistent/okvm-init"), "{err:?}");
     assert!(!img.exists());
-    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "temp files left");
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "temp files left"
+    );
 }
 
 #[test]

@@ -1,0 +1,98 @@
+//! Smoke boot, inside the test host: QEMU `-M microvm -accel kvm` boots our guest
+//! kernel with the okvm-init initramfs, okvm-init prints its banner and resets the
+//! machine. This proves kernel, init and harness independently of okvm's own VMM;
+//! QEMU stays as the baseline that VMM is benchmarked against.
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use okvm_init::banner;
+use okvm_integration::{artifact, require_testhost, text};
+
+/// Boots vmlinux + initrd under QEMU microvm/KVM and returns (exit code, console).
+fn qemu_boot(cmdline: &str, initrd: &std::path::Path) -> (Option<i32>, String) {
+    let mut child = Command::new("qemu-system-x86_64")
+        .args([
+            "-M",
+            "microvm,accel=kvm,acpi=off",
+            "-cpu",
+            "host",
+            "-m",
+            "256",
+            "-smp",
+            "1",
+        ])
+        .args([
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-serial",
+            "stdio",
+        ])
+        .arg("-no-reboot")
+        .arg("-kernel")
+        .arg(artifact("vmlinux"))
+        .arg("-initrd")
+        .arg(initrd)
+        .args(["-append", cmdline])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("qemu-system-x86_64 (apt install qemu-system-x86)");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if Instant::now() > deadline {
+            child.kill().ok();
+            panic!("the guest did not power off within 120 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut out = Vec::new();
+    child.stdout.take().unwrap().read_to_end(&mut out).unwrap();
+    let mut err = Vec::new();
+    child.stderr.take().unwrap().read_to_end(&mut err).unwrap();
+    (status.code(), text(&out) + &text(&err))
+}
+
+#[test]
+#[ignore = "boots a guest: runs inside the test host (make test-e2e)"]
+fn qemu_microvm_boots_our_kernel_to_okvm_init() {
+    require_testhost();
+    let (code, console) = qemu_boot(
+        "console=ttyS0 reboot=t panic=-1 quiet",
+        &artifact("okvm-initrd.img"),
+    );
+    let line = console
+        .lines()
+        .find(|l| l.contains(banner::PREFIX))
+        .unwrap_or_else(|| panic!("no okvm-init banner in the console:\n{console}"));
+    let up = banner::parse_uptime(line).expect("banner carries the boot time");
+    assert!(
+        up > Duration::ZERO && up < Duration::from_secs(60),
+        "{line}"
+    );
+    assert!(line.contains("kernel 6.12."), "{line}");
+    // okvm-init resets the guest, which QEMU (-no-reboot) turns into a clean exit.
+    assert_eq!(code, Some(0), "{console}");
+    println!("{line}");
+}
+
+#[test]
+#[ignore = "boots a guest: runs inside the test host (make test-e2e)"]
+fn a_broken_initramfs_is_a_kernel_panic_not_a_hang() {
+    require_testhost();
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("junk.img");
+    std::fs::write(&junk, b"this is not a cpio archive").unwrap();
+    // panic=-1 resets at once, so a broken image ends the VM instead of hanging it.
+    let (code, console) = qemu_boot("console=ttyS0 reboot=t panic=-1", &junk);
+    assert_eq!(code, Some(0), "{console}");
+    assert!(!console.contains(banner::PREFIX), "{console}");
+    assert!(console.contains("Kernel panic"), "{console}");
+}
