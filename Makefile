@@ -58,7 +58,7 @@ test-testhost: build
 
 # Suites that boot guests, inside one test host.
 test-e2e: build
-	integration/run-suite smoke
+	integration/run-suite smoke engines
 
 demo: build
 	@scripts/demo
