@@ -95,12 +95,17 @@ fn timeout_stops_everything_and_leaves_nothing() {
         .unwrap();
     assert_eq!(out.status.code(), Some(124), "{out:?}");
     assert!(text(&out.stderr).contains("timed out after 2s"), "{out:?}");
-    // No run directory, hence no socket, log or QEMU/virtiofsd tied to it.
-    assert_eq!(std::fs::read_dir(rundir.path()).unwrap().count(), 0);
+    assert_nothing_left(rundir.path());
+}
+
+/// No run directory, hence no socket or log, and no QEMU, virtiofsd or relay
+/// whose command line names it.
+fn assert_nothing_left(rundir: &std::path::Path) {
+    assert_eq!(std::fs::read_dir(rundir).unwrap().count(), 0);
     let ps = Command::new("ps").args(["-eo", "args"]).output().unwrap();
     let leftovers: Vec<_> = text(&ps.stdout)
         .lines()
-        .filter(|l| l.contains(&*rundir.path().to_string_lossy()))
+        .filter(|l| l.contains(&*rundir.to_string_lossy()))
         .map(str::to_string)
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
@@ -123,4 +128,93 @@ fn usage_errors_are_one_clear_line() {
         assert_eq!(err.lines().count(), 1, "{err:?}");
         assert!(err.contains(needle), "{err:?}");
     }
+}
+
+/// A directory of links to the given tools, to run the harness with a PATH that
+/// lacks something.
+fn path_with(tools: &[&str]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for t in tools {
+        let real = Command::new("sh")
+            .args(["-c", &format!("command -v {t}")])
+            .output()
+            .unwrap();
+        let real = text(&real.stdout).trim().to_string();
+        assert!(!real.is_empty(), "{t} not on this machine");
+        std::os::unix::fs::symlink(real, dir.path().join(t)).unwrap();
+    }
+    dir
+}
+
+#[test]
+fn a_missing_prerequisite_is_named() {
+    let base = [
+        "bash", "dirname", "id", "cat", "sed", "grep", "ls", "sort", "tail",
+    ];
+    let no_qemu = path_with(&base);
+    let mut with_qemu = base.to_vec();
+    with_qemu.push("qemu-system-x86_64");
+    let no_virtiofsd = path_with(&with_qemu);
+    for (bin, needle) in [
+        (
+            &no_qemu,
+            "qemu-system-x86_64 not found (apt install qemu-system-x86",
+        ),
+        (
+            &no_virtiofsd,
+            "virtiofsd not found (cargo install virtiofsd --locked",
+        ),
+    ] {
+        let out = Command::new(repo_root().join("integration/testhost/run"))
+            .env("PATH", bin.path())
+            .env("HOME", bin.path())
+            .env_remove("CARGO_HOME")
+            .args(["--", "true"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(125), "{out:?}");
+        let err = text(&out.stderr);
+        assert_eq!(err.lines().count(), 1, "{err:?}");
+        assert!(err.contains(needle), "{err:?}");
+    }
+}
+
+#[test]
+#[ignore = "boots the emulated test host; run by `make test`"]
+fn sigterm_stops_everything_and_leaves_nothing() {
+    let rundir = tempfile::tempdir().unwrap();
+    let child = Command::new(repo_root().join("integration/testhost/run"))
+        .env("OKVM_TESTHOST_RUNDIR", rundir.path())
+        .args(["--", "sleep", "600"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until QEMU is up (its console log exists), then stop the harness.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let booted = std::fs::read_dir(rundir.path())
+            .unwrap()
+            .flatten()
+            .any(|d| d.path().join("console.log").exists());
+        if booted {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "test host never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(143), "{out:?}");
+    assert!(
+        text(&out.stderr).contains("testhost: terminated"),
+        "{out:?}"
+    );
+    assert_nothing_left(rundir.path());
 }
