@@ -48,8 +48,9 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-# Unit tests and the tests/ crate (no VM). OKVM_BIN_DIR points them at the release binaries.
-unit: rust
+# Unit tests and the tests/ crate (no VM; some load target/okvm/vmlinux into memory).
+# OKVM_BIN_DIR points them at the release binaries.
+unit: rust kernel
 	OKVM_BIN_DIR=$(CURDIR)/target/release $(CARGO) test --workspace
 
 # The harness itself, driven from this machine (each test boots a test host).
