@@ -49,6 +49,10 @@ fn main() -> ExitCode {
 }
 
 fn power_off() -> ! {
+    // The console is a tty whose driver sends in the background (UART interrupts);
+    // without draining it, a reset can cut off what was just printed.
+    let _ = nix::sys::termios::tcdrain(std::io::stdout());
+    let _ = nix::sys::termios::tcdrain(std::io::stderr());
     nix::unistd::sync();
     let err = reboot(RebootMode::RB_AUTOBOOT).unwrap_err();
     eprintln!("okvm-init: reboot failed: {err}");

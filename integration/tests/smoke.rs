@@ -96,3 +96,63 @@ fn a_broken_initramfs_is_a_kernel_panic_not_a_hang() {
     assert!(!console.contains(banner::PREFIX), "{console}");
     assert!(console.contains("Kernel panic"), "{console}");
 }
+
+/// Runs `okvm boot` (okvm's own VMM), returning (exit code, stdout, stderr).
+fn okvm_boot(args: &[&str]) -> (Option<i32>, String, String) {
+    let okvm = okvm_integration::repo_root().join("target/release/okvm");
+    let out = Command::new(okvm)
+        .arg("boot")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("target/release/okvm (make builds it)");
+    (out.status.code(), text(&out.stdout), text(&out.stderr))
+}
+
+#[test]
+#[ignore = "boots a guest: runs inside the test host (make test-e2e)"]
+fn okvm_boot_runs_our_kernel_to_okvm_init_and_exits_0() {
+    require_testhost();
+    let kernel = artifact("vmlinux");
+    let initrd = artifact("okvm-initrd.img");
+    let (code, out, err) = okvm_boot(&[
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--initrd",
+        initrd.to_str().unwrap(),
+    ]);
+    let line = out
+        .lines()
+        .find(|l| l.contains(banner::PREFIX))
+        .unwrap_or_else(|| panic!("no banner:\n{out}\n{err}"));
+    assert!(banner::parse_uptime(line).is_some(), "{line}");
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    // Inside the test host KVM is (emulated) hardware: no PVM warning.
+    assert!(!err.contains("warning"), "{err}");
+}
+
+#[test]
+#[ignore = "boots a guest: runs inside the test host (make test-e2e)"]
+fn okvm_boot_bad_input_is_one_clear_error() {
+    require_testhost();
+    let initrd = artifact("okvm-initrd.img");
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("junk");
+    std::fs::write(&junk, b"not a kernel").unwrap();
+    for (kernel, needle) in [
+        (
+            "/nonexistent/vmlinux",
+            "cannot open kernel /nonexistent/vmlinux",
+        ),
+        (
+            junk.to_str().unwrap(),
+            "is neither an ELF vmlinux nor a bzImage",
+        ),
+    ] {
+        let (code, _out, err) =
+            okvm_boot(&["--kernel", kernel, "--initrd", initrd.to_str().unwrap()]);
+        assert_ne!(code, Some(0), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains(needle), "{err}");
+    }
+}

@@ -21,6 +21,8 @@ struct Cli {
 enum Command {
     /// Say in one line whether /dev/kvm is usable at hardware speed; exit 0 if so, 1 if not.
     CheckKvm,
+    /// Boot a kernel in a microVM in the foreground; exit 0 when the guest powers off.
+    Boot(BootArgs),
     /// Pack okvm-init into the guest's uncompressed initramfs.
     Initramfs {
         /// The static okvm-init binary.
@@ -30,6 +32,28 @@ enum Command {
         #[arg(long, short)]
         output: PathBuf,
     },
+}
+
+#[derive(clap::Args)]
+struct BootArgs {
+    /// Guest kernel: an uncompressed ELF vmlinux or a bzImage.
+    #[arg(long)]
+    kernel: PathBuf,
+    /// Initramfs (uncompressed cpio, or whatever the kernel can unpack).
+    #[arg(long)]
+    initrd: Option<PathBuf>,
+    /// Kernel command line.
+    #[arg(long, default_value = "console=ttyS0 reboot=k panic=-1 quiet")]
+    cmdline: String,
+    /// Number of vCPUs (1 for now; SMP follows).
+    #[arg(long, default_value_t = 1)]
+    vcpus: u8,
+    /// Guest memory in MiB.
+    #[arg(long, default_value_t = 256)]
+    mem: u64,
+    /// Serial console: stdio, off, or a file path.
+    #[arg(long, default_value = "stdio")]
+    console: String,
 }
 
 fn main() -> ExitCode {
@@ -53,6 +77,27 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::from(1)
             })
+        }
+        Command::Boot(a) => {
+            let verdict = okvm::kvm_check::check(&okvm::kvm_check::Probe::default());
+            if !verdict.is_hardware() {
+                eprintln!("okvm: warning: {verdict}");
+            }
+            let console = match a.console.as_str() {
+                "stdio" => okvm_vmm::vm::Console::Stdout,
+                "off" => okvm_vmm::vm::Console::Off,
+                path => okvm_vmm::vm::Console::File(path.into()),
+            };
+            let config = okvm_vmm::vm::VmConfig {
+                kernel: a.kernel,
+                initrd: a.initrd,
+                cmdline: a.cmdline,
+                vcpus: a.vcpus,
+                mem_mib: a.mem,
+                console,
+            };
+            okvm_vmm::vm::run(&config)?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Initramfs { init, output } => {
             let bin = std::fs::read(&init)

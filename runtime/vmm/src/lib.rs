@@ -5,4 +5,7 @@
 
 pub mod boot;
 pub mod layout;
+pub mod legacy;
 pub mod memory;
+pub mod vm;
+pub mod x86;

@@ -1,0 +1,280 @@
+//! One microVM: KVM VM and vCPU set-up, the legacy devices, and the run loop.
+//! Driven by one plain [`VmConfig`].
+
+use std::fs::File;
+use std::io::Write;
+use std::path::PathBuf;
+
+use kvm_bindings::{
+    kvm_msr_entry, kvm_pit_config, kvm_userspace_memory_region, Msrs, KVM_MAX_CPUID_ENTRIES,
+    KVM_PIT_SPEAKER_DUMMY,
+};
+use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
+use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::legacy::{Legacy, SERIAL_IRQ};
+use crate::{boot, memory, x86};
+
+/// Where the guest's serial console goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Console {
+    Stdout,
+    Off,
+    File(PathBuf),
+}
+
+/// Everything needed to boot one microVM.
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    pub cmdline: String,
+    pub vcpus: u8,
+    pub mem_mib: u64,
+    pub console: Console,
+}
+
+/// The largest vCPU count okvm configures.
+pub const MAX_VCPUS: u8 = 8;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0} vCPUs requested; okvm supports 1 to {MAX_VCPUS}")]
+    BadVcpus(u8),
+    #[error("more than one vCPU needs the MP table, which is not written yet")]
+    SmpNotYet,
+    #[error("KVM: {what}: {err}")]
+    Kvm {
+        what: &'static str,
+        err: kvm_ioctls::Error,
+    },
+    #[error(transparent)]
+    Memory(#[from] memory::Error),
+    #[error(transparent)]
+    Boot(#[from] boot::Error),
+    #[error(transparent)]
+    Tables(#[from] x86::MemoryError),
+    #[error("cannot open console file {path}: {err}")]
+    Console { path: PathBuf, err: std::io::Error },
+    #[error("eventfd: {0}")]
+    EventFd(std::io::Error),
+    #[error("the guest stopped in an unexpected way: {0}")]
+    UnexpectedExit(String),
+}
+
+/// How the guest ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// The guest asked for a reset (i8042 or triple fault): okvm's power-off.
+    Reset,
+}
+
+fn kvm<T>(what: &'static str, r: Result<T, kvm_ioctls::Error>) -> Result<T, Error> {
+    r.map_err(|err| Error::Kvm { what, err })
+}
+
+/// Boots the guest and runs it until it resets.
+pub fn run(config: &VmConfig) -> Result<Exit, Error> {
+    if config.vcpus == 0 || config.vcpus > MAX_VCPUS {
+        return Err(Error::BadVcpus(config.vcpus));
+    }
+    if config.vcpus > 1 {
+        return Err(Error::SmpNotYet);
+    }
+    let console: Box<dyn Write + Send> = match &config.console {
+        Console::Stdout => Box::new(std::io::stdout()),
+        Console::Off => Box::new(std::io::sink()),
+        Console::File(path) => Box::new(File::create(path).map_err(|err| Error::Console {
+            path: path.clone(),
+            err,
+        })?),
+    };
+
+    let kvm_sys = kvm("open /dev/kvm", Kvm::new())?;
+    let vm = kvm("create VM", kvm_sys.create_vm())?;
+    let ram = memory::create(config.mem_mib)?;
+    register_memory(&vm, &ram.memory)?;
+    kvm("set TSS address", vm.set_tss_address(0xfffb_d000))?;
+    kvm("create irqchip", vm.create_irq_chip())?;
+    let pit = kvm_pit_config {
+        flags: KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    };
+    kvm("create PIT", vm.create_pit2(pit))?;
+
+    let loaded = boot::load(
+        &ram.memory,
+        config.mem_mib,
+        &config.kernel,
+        config.initrd.as_deref(),
+        &config.cmdline,
+    )?;
+
+    let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::EventFd)?;
+    kvm(
+        "register serial irqfd",
+        vm.register_irqfd(&serial_irq, SERIAL_IRQ),
+    )?;
+    let reset = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::EventFd)?;
+    let mut legacy = Legacy::new(
+        serial_irq,
+        reset.try_clone().map_err(Error::EventFd)?,
+        console,
+    );
+
+    let mut vcpu = kvm("create vCPU 0", vm.create_vcpu(0))?;
+    setup_vcpu(&kvm_sys, &vcpu, 0, &ram.memory, loaded.entry.0)?;
+
+    loop {
+        match vcpu.run() {
+            Ok(VcpuExit::IoOut(port, data)) => {
+                legacy.pio_write(port, data);
+                if reset.read().is_ok() {
+                    let _ = legacy.serial.writer_mut().flush();
+                    return Ok(Exit::Reset);
+                }
+            }
+            Ok(VcpuExit::IoIn(port, data)) => legacy.pio_read(port, data),
+            // Nothing is mapped in the MMIO gap yet: reads float high, writes vanish.
+            Ok(VcpuExit::MmioRead(_, data)) => data.fill(0xff),
+            Ok(VcpuExit::MmioWrite(..)) => {}
+            Ok(VcpuExit::Shutdown) => {
+                let _ = legacy.serial.writer_mut().flush();
+                return Ok(Exit::Reset);
+            }
+            Ok(VcpuExit::Hlt) => {
+                return Err(Error::UnexpectedExit(
+                    "the vCPU halted with interrupts off".into(),
+                ))
+            }
+            Ok(other) => return Err(Error::UnexpectedExit(format!("{other:?}"))),
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {}
+            Err(err) => {
+                return Err(Error::Kvm {
+                    what: "run vCPU",
+                    err,
+                })
+            }
+        }
+    }
+}
+
+fn register_memory(vm: &VmFd, mem: &vm_memory::GuestMemoryMmap) -> Result<(), Error> {
+    for (slot, region) in mem.iter().enumerate() {
+        let host = mem
+            .get_host_address(region.start_addr())
+            .map_err(|e| Error::UnexpectedExit(e.to_string()))?;
+        let r = kvm_userspace_memory_region {
+            slot: slot as u32,
+            flags: 0,
+            guest_phys_addr: region.start_addr().0,
+            memory_size: region.len(),
+            userspace_addr: host as u64,
+        };
+        // SAFETY: the region is a live mapping owned by `mem`, which outlives the VM
+        // (both live until `run` returns), and slots do not overlap.
+        kvm("register guest memory", unsafe {
+            vm.set_user_memory_region(r)
+        })?;
+    }
+    Ok(())
+}
+
+fn setup_vcpu(
+    kvm_sys: &Kvm,
+    vcpu: &VcpuFd,
+    id: u8,
+    mem: &vm_memory::GuestMemoryMmap,
+    entry: u64,
+) -> Result<(), Error> {
+    let mut cpuid = kvm(
+        "get supported CPUID",
+        kvm_sys.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES),
+    )?;
+    for e in cpuid.as_mut_slice() {
+        match e.function {
+            // Initial APIC ID, and the hypervisor-present bit.
+            1 => {
+                e.ebx = (e.ebx & 0x00ff_ffff) | (u32::from(id) << 24);
+                e.ecx |= 1 << 31;
+            }
+            0xb => e.edx = u32::from(id),
+            _ => {}
+        }
+    }
+    kvm("set CPUID", vcpu.set_cpuid2(&cpuid))?;
+
+    let msr = |index, data| kvm_msr_entry {
+        index,
+        data,
+        ..Default::default()
+    };
+    let msrs = Msrs::from_entries(&[
+        msr(0x174, 0),       // SYSENTER_CS
+        msr(0x175, 0),       // SYSENTER_ESP
+        msr(0x176, 0),       // SYSENTER_EIP
+        msr(0xc000_0081, 0), // STAR
+        msr(0xc000_0082, 0), // LSTAR
+        msr(0xc000_0083, 0), // CSTAR
+        msr(0xc000_0084, 0), // SYSCALL_MASK
+        msr(0xc000_0102, 0), // KERNEL_GS_BASE
+        msr(0x10, 0),        // TSC
+        msr(0x1a0, 1),       // MISC_ENABLE: fast strings
+    ])
+    .map_err(|e| Error::UnexpectedExit(format!("MSR list: {e:?}")))?;
+    kvm("set MSRs", vcpu.set_msrs(&msrs))?;
+
+    let mut sregs = kvm("get sregs", vcpu.get_sregs())?;
+    x86::setup_long_mode(mem, &mut sregs)?;
+    kvm("set sregs", vcpu.set_sregs(&sregs))?;
+    kvm("set regs", vcpu.set_regs(&x86::boot_regs(entry)))?;
+    kvm("set FPU", vcpu.set_fpu(&x86::boot_fpu()))?;
+
+    // LINT0 delivers the PIC's ExtINT, LINT1 NMIs, as firmware would leave them.
+    let mut lapic = kvm("get LAPIC", vcpu.get_lapic())?;
+    set_lvt(&mut lapic.regs, 0x350, 0x7);
+    set_lvt(&mut lapic.regs, 0x360, 0x4);
+    kvm("set LAPIC", vcpu.set_lapic(&lapic))?;
+    Ok(())
+}
+
+/// Sets the delivery mode of one local-APIC LVT register.
+fn set_lvt(regs: &mut [std::os::raw::c_char], offset: usize, mode: u32) {
+    let mut raw = [0u8; 4];
+    for (i, b) in raw.iter_mut().enumerate() {
+        *b = regs[offset + i] as u8;
+    }
+    let v = (u32::from_le_bytes(raw) & !0x700) | (mode << 8);
+    for (i, b) in v.to_le_bytes().iter().enumerate() {
+        regs[offset + i] = *b as std::os::raw::c_char;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lvt_delivery_mode_is_set_without_touching_other_bits() {
+        let mut regs = [0 as std::os::raw::c_char; 1024];
+        regs[0x350] = 0x30;
+        regs[0x351] = 0x01; // vector bits and an old delivery mode
+        set_lvt(&mut regs, 0x350, 7);
+        assert_eq!(regs[0x350] as u8, 0x30);
+        assert_eq!(regs[0x351] as u8, 0x07);
+    }
+
+    #[test]
+    fn vcpu_count_is_checked_first() {
+        let cfg = VmConfig {
+            kernel: "/nonexistent".into(),
+            initrd: None,
+            cmdline: String::new(),
+            vcpus: 9,
+            mem_mib: 64,
+            console: Console::Off,
+        };
+        assert!(matches!(run(&cfg), Err(Error::BadVcpus(9))));
+    }
+}
