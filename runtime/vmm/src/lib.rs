@@ -7,5 +7,6 @@ pub mod boot;
 pub mod layout;
 pub mod legacy;
 pub mod memory;
+pub mod mptable;
 pub mod vm;
 pub mod x86;

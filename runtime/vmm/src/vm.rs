@@ -14,7 +14,7 @@ use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::legacy::{Legacy, SERIAL_IRQ};
-use crate::{boot, memory, x86};
+use crate::{boot, memory, mptable, x86};
 
 /// Where the guest's serial console goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,6 +55,8 @@ pub enum Error {
     Boot(#[from] boot::Error),
     #[error(transparent)]
     Tables(#[from] x86::MemoryError),
+    #[error(transparent)]
+    MpTable(#[from] mptable::Error),
     #[error("cannot open console file {path}: {err}")]
     Console { path: PathBuf, err: std::io::Error },
     #[error("eventfd: {0}")]
@@ -110,6 +112,7 @@ pub fn run(config: &VmConfig) -> Result<Exit, Error> {
         config.initrd.as_deref(),
         &config.cmdline,
     )?;
+    mptable::write(&ram.memory, config.vcpus)?;
 
     let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::EventFd)?;
     kvm(
