@@ -42,7 +42,10 @@ fn main() -> ExitCode {
         .map(|u| u.release().to_string_lossy().into_owned())
         .unwrap_or_else(|_| "unknown".into());
     match uptime::read() {
-        Ok(up) => println!("{}", banner::banner(up, &release)),
+        Ok(up) => {
+            let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+            println!("{}", banner::banner(up, &release, cpus))
+        }
         Err(e) => eprintln!("okvm-init: {e}"),
     }
     power_off()

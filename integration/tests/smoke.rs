@@ -127,8 +127,39 @@ fn okvm_boot_runs_our_kernel_to_okvm_init_and_exits_0() {
         .unwrap_or_else(|| panic!("no banner:\n{out}\n{err}"));
     assert!(banner::parse_uptime(line).is_some(), "{line}");
     assert_eq!(code, Some(0), "{out}\n{err}");
+    assert_eq!(banner::parse_cpus(line), Some(1), "{line}");
     // Inside the test host KVM is (emulated) hardware: no PVM warning.
     assert!(!err.contains("warning"), "{err}");
+}
+
+#[test]
+#[ignore = "boots a guest: runs inside the test host (make test-e2e)"]
+fn okvm_boot_brings_several_vcpus_online() {
+    require_testhost();
+    let kernel = artifact("vmlinux");
+    let initrd = artifact("okvm-initrd.img");
+    for n in ["2", "4"] {
+        let (code, out, err) = okvm_boot(&[
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--initrd",
+            initrd.to_str().unwrap(),
+            "--vcpus",
+            n,
+        ]);
+        let line = out
+            .lines()
+            .find(|l| l.contains(banner::PREFIX))
+            .unwrap_or_else(|| panic!("no banner with {n} vCPUs:\n{out}\n{err}"));
+        assert_eq!(banner::parse_cpus(line), n.parse().ok(), "{line}");
+        assert_eq!(code, Some(0), "{out}\n{err}");
+    }
+    let (code, _, err) = okvm_boot(&["--kernel", kernel.to_str().unwrap(), "--vcpus", "9"]);
+    assert_ne!(code, Some(0));
+    assert!(
+        err.contains("9 vCPUs requested; okvm supports 1 to 8"),
+        "{err}"
+    );
 }
 
 #[test]

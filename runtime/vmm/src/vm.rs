@@ -4,6 +4,10 @@
 use std::fs::File;
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+
+use vmm_sys_util::signal::Killable;
 
 use kvm_bindings::{
     kvm_msr_entry, kvm_pit_config, kvm_userspace_memory_region, Msrs, KVM_MAX_CPUID_ENTRIES,
@@ -42,8 +46,6 @@ pub const MAX_VCPUS: u8 = 8;
 pub enum Error {
     #[error("{0} vCPUs requested; okvm supports 1 to {MAX_VCPUS}")]
     BadVcpus(u8),
-    #[error("more than one vCPU needs the MP table, which is not written yet")]
-    SmpNotYet,
     #[error("KVM: {what}: {err}")]
     Kvm {
         what: &'static str,
@@ -81,9 +83,6 @@ pub fn run(config: &VmConfig) -> Result<Exit, Error> {
     if config.vcpus == 0 || config.vcpus > MAX_VCPUS {
         return Err(Error::BadVcpus(config.vcpus));
     }
-    if config.vcpus > 1 {
-        return Err(Error::SmpNotYet);
-    }
     let console: Box<dyn Write + Send> = match &config.console {
         Console::Stdout => Box::new(std::io::stdout()),
         Console::Off => Box::new(std::io::sink()),
@@ -120,35 +119,109 @@ pub fn run(config: &VmConfig) -> Result<Exit, Error> {
         vm.register_irqfd(&serial_irq, SERIAL_IRQ),
     )?;
     let reset = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::EventFd)?;
-    let mut legacy = Legacy::new(
+    let legacy = Arc::new(Mutex::new(Legacy::new(
         serial_irq,
         reset.try_clone().map_err(Error::EventFd)?,
         console,
-    );
+    )));
 
-    let mut vcpu = kvm("create vCPU 0", vm.create_vcpu(0))?;
-    setup_vcpu(&kvm_sys, &vcpu, 0, &ram.memory, loaded.entry.0)?;
+    // All vCPUs are configured before any runs; only the boot vCPU gets entry
+    // registers, the others wait in the in-kernel LAPIC for the kernel's SIPI.
+    let mut vcpus = Vec::new();
+    for id in 0..config.vcpus {
+        let vcpu = kvm("create vCPU", vm.create_vcpu(u64::from(id)))?;
+        setup_vcpu(&kvm_sys, &vcpu, id)?;
+        if id == 0 {
+            setup_boot_vcpu(&vcpu, &ram.memory, loaded.entry.0)?;
+        }
+        vcpus.push(vcpu);
+    }
+    run_vcpus(vcpus, legacy, reset)
+}
 
+/// Wakes a vCPU thread out of KVM_RUN; the handler itself does nothing.
+extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+
+fn kick_signal() -> libc::c_int {
+    vmm_sys_util::signal::SIGRTMIN()
+}
+
+/// Runs each vCPU on its own named thread until one of them sees the guest
+/// reset or fail, then stops the others.
+fn run_vcpus<W: Write + Send + 'static>(
+    vcpus: Vec<VcpuFd>,
+    legacy: Arc<Mutex<Legacy<W>>>,
+    reset: EventFd,
+) -> Result<Exit, Error> {
+    vmm_sys_util::signal::register_signal_handler(kick_signal(), kick_handler)
+        .map_err(|e| Error::EventFd(std::io::Error::from_raw_os_error(e.errno())))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let reset = Arc::new(reset);
+    let (done_tx, done_rx) = mpsc::channel();
+    let mut handles = Vec::new();
+    for (id, vcpu) in vcpus.into_iter().enumerate() {
+        let (legacy, stop, reset, done) =
+            (legacy.clone(), stop.clone(), reset.clone(), done_tx.clone());
+        let handle = std::thread::Builder::new()
+            .name(format!("okvm-vcpu-{id}"))
+            .spawn(move || {
+                let r = vcpu_loop(vcpu, &legacy, &stop, &reset);
+                let _ = done.send(r);
+            })
+            .map_err(Error::EventFd)?;
+        handles.push(handle);
+    }
+    drop(done_tx);
+    let first = done_rx
+        .recv()
+        .unwrap_or_else(|_| Err(Error::UnexpectedExit("every vCPU thread died".into())));
+    stop.store(true, Ordering::SeqCst);
+    // A kick can land just before a thread re-enters KVM_RUN; repeat until all end.
+    while handles.iter().any(|h| !h.is_finished()) {
+        for h in handles.iter().filter(|h| !h.is_finished()) {
+            let _ = h.kill(kick_signal());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    for h in handles {
+        let _ = h.join();
+    }
+    if let Ok(mut l) = legacy.lock() {
+        let _ = l.serial.writer_mut().flush();
+    }
+    first
+}
+
+fn vcpu_loop<W: Write>(
+    mut vcpu: VcpuFd,
+    legacy: &Mutex<Legacy<W>>,
+    stop: &AtomicBool,
+    reset: &EventFd,
+) -> Result<Exit, Error> {
+    let lock = || {
+        legacy
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    };
     loop {
+        if stop.load(Ordering::SeqCst) {
+            return Ok(Exit::Reset);
+        }
         match vcpu.run() {
             Ok(VcpuExit::IoOut(port, data)) => {
-                legacy.pio_write(port, data);
+                lock().pio_write(port, data);
                 if reset.read().is_ok() {
-                    let _ = legacy.serial.writer_mut().flush();
                     return Ok(Exit::Reset);
                 }
             }
-            Ok(VcpuExit::IoIn(port, data)) => legacy.pio_read(port, data),
+            Ok(VcpuExit::IoIn(port, data)) => lock().pio_read(port, data),
             // Nothing is mapped in the MMIO gap yet: reads float high, writes vanish.
             Ok(VcpuExit::MmioRead(_, data)) => data.fill(0xff),
             Ok(VcpuExit::MmioWrite(..)) => {}
-            Ok(VcpuExit::Shutdown) => {
-                let _ = legacy.serial.writer_mut().flush();
-                return Ok(Exit::Reset);
-            }
+            Ok(VcpuExit::Shutdown) => return Ok(Exit::Reset),
             Ok(VcpuExit::Hlt) => {
                 return Err(Error::UnexpectedExit(
-                    "the vCPU halted with interrupts off".into(),
+                    "a vCPU halted with interrupts off".into(),
                 ))
             }
             Ok(other) => return Err(Error::UnexpectedExit(format!("{other:?}"))),
@@ -184,13 +257,7 @@ fn register_memory(vm: &VmFd, mem: &vm_memory::GuestMemoryMmap) -> Result<(), Er
     Ok(())
 }
 
-fn setup_vcpu(
-    kvm_sys: &Kvm,
-    vcpu: &VcpuFd,
-    id: u8,
-    mem: &vm_memory::GuestMemoryMmap,
-    entry: u64,
-) -> Result<(), Error> {
+fn setup_vcpu(kvm_sys: &Kvm, vcpu: &VcpuFd, id: u8) -> Result<(), Error> {
     let mut cpuid = kvm(
         "get supported CPUID",
         kvm_sys.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES),
@@ -228,17 +295,25 @@ fn setup_vcpu(
     .map_err(|e| Error::UnexpectedExit(format!("MSR list: {e:?}")))?;
     kvm("set MSRs", vcpu.set_msrs(&msrs))?;
 
-    let mut sregs = kvm("get sregs", vcpu.get_sregs())?;
-    x86::setup_long_mode(mem, &mut sregs)?;
-    kvm("set sregs", vcpu.set_sregs(&sregs))?;
-    kvm("set regs", vcpu.set_regs(&x86::boot_regs(entry)))?;
-    kvm("set FPU", vcpu.set_fpu(&x86::boot_fpu()))?;
-
     // LINT0 delivers the PIC's ExtINT, LINT1 NMIs, as firmware would leave them.
     let mut lapic = kvm("get LAPIC", vcpu.get_lapic())?;
     set_lvt(&mut lapic.regs, 0x350, 0x7);
     set_lvt(&mut lapic.regs, 0x360, 0x4);
     kvm("set LAPIC", vcpu.set_lapic(&lapic))?;
+    Ok(())
+}
+
+/// The boot vCPU starts at the kernel's 64-bit entry in long mode.
+fn setup_boot_vcpu(
+    vcpu: &VcpuFd,
+    mem: &vm_memory::GuestMemoryMmap,
+    entry: u64,
+) -> Result<(), Error> {
+    let mut sregs = kvm("get sregs", vcpu.get_sregs())?;
+    x86::setup_long_mode(mem, &mut sregs)?;
+    kvm("set sregs", vcpu.set_sregs(&sregs))?;
+    kvm("set regs", vcpu.set_regs(&x86::boot_regs(entry)))?;
+    kvm("set FPU", vcpu.set_fpu(&x86::boot_fpu()))?;
     Ok(())
 }
 
