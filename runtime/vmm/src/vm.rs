@@ -264,10 +264,13 @@ fn setup_vcpu(kvm_sys: &Kvm, vcpu: &VcpuFd, id: u8) -> Result<(), Error> {
     )?;
     for e in cpuid.as_mut_slice() {
         match e.function {
-            // Initial APIC ID, and the hypervisor-present bit.
+            // Initial APIC ID; the hypervisor-present bit; and the TSC-deadline
+            // timer, which KVM's in-kernel LAPIC emulates but does not list as
+            // supported. Without it the guest calibrates its LAPIC timer at boot,
+            // which cost ~0.9 s in the test host.
             1 => {
                 e.ebx = (e.ebx & 0x00ff_ffff) | (u32::from(id) << 24);
-                e.ecx |= 1 << 31;
+                e.ecx |= (1 << 31) | (1 << 24);
             }
             0xb => e.edx = u32::from(id),
             _ => {}
