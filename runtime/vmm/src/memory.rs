@@ -3,7 +3,6 @@
 
 use std::ffi::CString;
 use std::fs::File;
-use std::os::fd::{FromRawFd, IntoRawFd};
 
 use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap};
 
@@ -39,8 +38,7 @@ pub fn create(mem_mib: u64) -> Result<GuestRam, Error> {
     let name = CString::new("okvm-guest-ram").expect("no NUL in a literal");
     let fd = nix::sys::memfd::memfd_create(&name, nix::sys::memfd::MemFdCreateFlag::MFD_CLOEXEC)
         .map_err(Error::Memfd)?;
-    // SAFETY: memfd_create returned a fresh, owned descriptor; File takes it over.
-    let file = unsafe { File::from_raw_fd(fd.into_raw_fd()) };
+    let file = File::from(fd);
     file.set_len(size)
         .map_err(|err| Error::Truncate { size, err })?;
     let mut offset = 0u64;

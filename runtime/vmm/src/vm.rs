@@ -92,9 +92,10 @@ pub fn run(config: &VmConfig) -> Result<Exit, Error> {
         })?),
     };
 
+    // Guest RAM is created first so that it is dropped last, after the VM.
+    let ram = memory::create(config.mem_mib)?;
     let kvm_sys = kvm("open /dev/kvm", Kvm::new())?;
     let vm = kvm("create VM", kvm_sys.create_vm())?;
-    let ram = memory::create(config.mem_mib)?;
     register_memory(&vm, &ram.memory)?;
     kvm("set TSS address", vm.set_tss_address(0xfffb_d000))?;
     kvm("create irqchip", vm.create_irq_chip())?;
@@ -248,8 +249,9 @@ fn register_memory(vm: &VmFd, mem: &vm_memory::GuestMemoryMmap) -> Result<(), Er
             memory_size: region.len(),
             userspace_addr: host as u64,
         };
-        // SAFETY: the region is a live mapping owned by `mem`, which outlives the VM
-        // (both live until `run` returns), and slots do not overlap.
+        // SAFETY: the region is a live mapping owned by `mem`, which `run` creates
+        // before the VM and so drops after it; the slots come from distinct,
+        // non-overlapping regions.
         kvm("register guest memory", unsafe {
             vm.set_user_memory_region(r)
         })?;
