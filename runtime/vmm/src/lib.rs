@@ -8,5 +8,6 @@ pub mod layout;
 pub mod legacy;
 pub mod memory;
 pub mod mptable;
+pub mod virtio;
 pub mod vm;
 pub mod x86;
