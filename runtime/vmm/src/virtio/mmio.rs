@@ -154,30 +154,21 @@ impl MmioTransport {
                     .fetch_and(!v, std::sync::atomic::Ordering::SeqCst);
             }
             0x070 => self.set_status(v),
-            0x080 => self
-                .queue()
-                .into_iter()
-                .for_each(|q| q.set_desc_table_address(Some(v), None)),
-            0x084 => self
-                .queue()
-                .into_iter()
-                .for_each(|q| q.set_desc_table_address(None, Some(v))),
-            0x090 => self
-                .queue()
-                .into_iter()
-                .for_each(|q| q.set_avail_ring_address(Some(v), None)),
-            0x094 => self
-                .queue()
-                .into_iter()
-                .for_each(|q| q.set_avail_ring_address(None, Some(v))),
-            0x0a0 => self
-                .queue()
-                .into_iter()
-                .for_each(|q| q.set_used_ring_address(Some(v), None)),
-            0x0a4 => self
-                .queue()
-                .into_iter()
-                .for_each(|q| q.set_used_ring_address(None, Some(v))),
+            // Queue addresses: low half at 0x_0, high half at 0x_4.
+            0x080 | 0x084 | 0x090 | 0x094 | 0x0a0 | 0x0a4 => {
+                let (low, high) = if offset & 4 == 0 {
+                    (Some(v), None)
+                } else {
+                    (None, Some(v))
+                };
+                if let Some(q) = self.queue() {
+                    match offset & !4 {
+                        0x080 => q.set_desc_table_address(low, high),
+                        0x090 => q.set_avail_ring_address(low, high),
+                        _ => q.set_used_ring_address(low, high),
+                    }
+                }
+            }
             _ => {}
         }
     }
