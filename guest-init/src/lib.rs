@@ -2,4 +2,5 @@
 //! shares with it.
 
 pub mod banner;
+pub mod protocol;
 pub mod uptime;

@@ -1,0 +1,316 @@
+//! The host <-> okvm-init control protocol, shared by both sides.
+//!
+//! Each message travels in one frame: a fixed 8-byte header (magic "OK",
+//! protocol version, frame kind, payload length, big-endian) followed by a JSON
+//! payload. JSON keeps the messages readable in logs; the header lets a reader
+//! reject a peer speaking another version, or garbage, before parsing anything.
+//! Bulk stdio does not use frames: it has its own raw vsock streams.
+//!
+//! Everything decoded here may come from a compromised guest: the decoder bounds
+//! frame sizes and returns errors, never panics.
+
+use serde::{Deserialize, Serialize};
+
+pub const MAGIC: [u8; 2] = *b"OK";
+/// Bumped on any incompatible change to the messages below.
+pub const VERSION: u8 = 1;
+pub const HEADER_LEN: usize = 8;
+/// Larger frames are refused: no legitimate message comes near it.
+pub const MAX_PAYLOAD: usize = 1 << 20;
+
+/// The vsock port okvm-init listens on for the control connection.
+pub const CONTROL_PORT: u32 = 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Kind {
+    Request = 1,
+    Response = 2,
+    Event = 3,
+}
+
+/// Host -> guest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    pub id: u64,
+    pub body: RequestBody,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "op")]
+pub enum RequestBody {
+    /// Run a command; its output comes back in the response.
+    Run {
+        args: Vec<String>,
+        env: Vec<String>,
+        cwd: Option<String>,
+    },
+    /// Power the guest off.
+    Shutdown,
+}
+
+/// Guest -> host, answering the request with the same id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Response {
+    pub id: u64,
+    pub body: ResponseBody,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "result")]
+pub enum ResponseBody {
+    Exited {
+        /// Exit code, or None when killed by a signal.
+        code: Option<i32>,
+        signal: Option<i32>,
+        stdout: Vec<u8>,
+        stderr: Vec<u8>,
+    },
+    Done,
+    Error {
+        message: String,
+    },
+}
+
+/// Guest -> host, unprompted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "event")]
+pub enum Event {
+    /// okvm-init is up; `uptime_ms` is the kernel's uptime then.
+    Ready { uptime_ms: u64, version: String },
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Error {
+    #[error("bad frame magic {0:02x?} (not an okvm-init peer)")]
+    BadMagic([u8; 2]),
+    #[error("peer speaks protocol version {0}, this side speaks {VERSION}")]
+    Version(u8),
+    #[error("unknown frame kind {0}")]
+    UnknownKind(u8),
+    #[error("frame of {0} bytes exceeds the {MAX_PAYLOAD}-byte limit")]
+    TooLarge(usize),
+    #[error("expected a {expected:?} frame, got {got:?}")]
+    WrongKind { expected: Kind, got: Kind },
+    #[error("malformed message: {0}")]
+    Payload(String),
+}
+
+/// A decoded frame: its kind and raw JSON payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    pub kind: Kind,
+    pub payload: Vec<u8>,
+}
+
+impl Frame {
+    pub fn parse<T: for<'de> Deserialize<'de>>(&self, expected: Kind) -> Result<T, Error> {
+        if self.kind != expected {
+            return Err(Error::WrongKind {
+                expected,
+                got: self.kind,
+            });
+        }
+        serde_json::from_slice(&self.payload).map_err(|e| Error::Payload(e.to_string()))
+    }
+}
+
+/// Encodes one message as a frame.
+pub fn encode<T: Serialize>(kind: Kind, msg: &T) -> Vec<u8> {
+    // Our own message types always serialize.
+    let payload = serde_json::to_vec(msg).unwrap_or_default();
+    let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
+    out.extend_from_slice(&MAGIC);
+    out.push(VERSION);
+    out.push(kind as u8);
+    out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    out.extend_from_slice(&payload);
+    out
+}
+
+/// Reassembles frames from a byte stream fed in arbitrary pieces.
+#[derive(Default)]
+pub struct Decoder {
+    buf: Vec<u8>,
+}
+
+impl Decoder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn feed(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// The next complete frame, `Ok(None)` if more bytes are needed. After an
+    /// error the stream is unusable: the caller drops the connection.
+    pub fn next_frame(&mut self) -> Result<Option<Frame>, Error> {
+        if self.buf.len() < HEADER_LEN {
+            return Ok(None);
+        }
+        let magic = [self.buf[0], self.buf[1]];
+        if magic != MAGIC {
+            return Err(Error::BadMagic(magic));
+        }
+        if self.buf[2] != VERSION {
+            return Err(Error::Version(self.buf[2]));
+        }
+        let kind = match self.buf[3] {
+            1 => Kind::Request,
+            2 => Kind::Response,
+            3 => Kind::Event,
+            k => return Err(Error::UnknownKind(k)),
+        };
+        let len = u32::from_be_bytes([self.buf[4], self.buf[5], self.buf[6], self.buf[7]]) as usize;
+        if len > MAX_PAYLOAD {
+            return Err(Error::TooLarge(len));
+        }
+        if self.buf.len() < HEADER_LEN + len {
+            return Ok(None);
+        }
+        let payload = self.buf[HEADER_LEN..HEADER_LEN + len].to_vec();
+        self.buf.drain(..HEADER_LEN + len);
+        Ok(Some(Frame { kind, payload }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn run_request() -> Request {
+        Request {
+            id: 7,
+            body: RequestBody::Run {
+                args: vec!["sh".into(), "-c".into(), "exit 3".into()],
+                env: vec!["PATH=/bin".into()],
+                cwd: Some("/".into()),
+            },
+        }
+    }
+
+    #[test]
+    fn messages_round_trip_through_frames() {
+        let mut d = Decoder::new();
+        d.feed(&encode(Kind::Request, &run_request()));
+        let resp = Response {
+            id: 7,
+            body: ResponseBody::Exited {
+                code: Some(3),
+                signal: None,
+                stdout: b"out".to_vec(),
+                stderr: vec![],
+            },
+        };
+        d.feed(&encode(Kind::Response, &resp));
+        let f = d.next_frame().unwrap().unwrap();
+        assert_eq!(f.parse::<Request>(Kind::Request).unwrap(), run_request());
+        let f = d.next_frame().unwrap().unwrap();
+        assert_eq!(f.parse::<Response>(Kind::Response).unwrap(), resp);
+        assert_eq!(d.next_frame().unwrap(), None);
+    }
+
+    #[test]
+    fn payload_is_readable_json() {
+        let frame = encode(
+            Kind::Event,
+            &Event::Ready {
+                uptime_ms: 5,
+                version: "0.1.0".into(),
+            },
+        );
+        let text = std::str::from_utf8(&frame[HEADER_LEN..]).unwrap();
+        assert_eq!(text, r#"{"event":"ready","uptime_ms":5,"version":"0.1.0"}"#);
+    }
+
+    #[test]
+    fn bad_headers_are_typed_errors() {
+        let mut good = encode(Kind::Request, &run_request());
+        for (i, v, want) in [
+            (0, b'X', Error::BadMagic([b'X', b'K'])),
+            (2, 9, Error::Version(9)),
+            (3, 0, Error::UnknownKind(0)),
+        ] {
+            let mut f = good.clone();
+            f[i] = v;
+            let mut d = Decoder::new();
+            d.feed(&f);
+            assert_eq!(d.next_frame(), Err(want));
+        }
+        good[4..8].copy_from_slice(&(MAX_PAYLOAD as u32 + 1).to_be_bytes());
+        let mut d = Decoder::new();
+        d.feed(&good[..HEADER_LEN]);
+        assert_eq!(d.next_frame(), Err(Error::TooLarge(MAX_PAYLOAD + 1)));
+    }
+
+    #[test]
+    fn wrong_kind_and_bad_json_are_errors() {
+        let mut d = Decoder::new();
+        d.feed(&encode(
+            Kind::Event,
+            &Event::Ready {
+                uptime_ms: 1,
+                version: String::new(),
+            },
+        ));
+        let f = d.next_frame().unwrap().unwrap();
+        assert!(matches!(
+            f.parse::<Request>(Kind::Request),
+            Err(Error::WrongKind { .. })
+        ));
+        let junk = Frame {
+            kind: Kind::Request,
+            payload: b"{\"id\":".to_vec(),
+        };
+        assert!(matches!(
+            junk.parse::<Request>(Kind::Request),
+            Err(Error::Payload(_))
+        ));
+    }
+
+    proptest! {
+        #[test]
+        fn frames_survive_any_split(cuts in proptest::collection::vec(0usize..400, 0..10)) {
+            let mut stream = encode(Kind::Request, &run_request());
+            stream.extend(encode(Kind::Event, &Event::Ready { uptime_ms: 9, version: "v".into() }));
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c % (stream.len() + 1)).collect();
+            cuts.sort();
+            let mut d = Decoder::new();
+            let mut frames = Vec::new();
+            let mut prev = 0;
+            for c in cuts.into_iter().chain([stream.len()]) {
+                d.feed(&stream[prev..c]);
+                prev = c;
+                while let Some(f) = d.next_frame().unwrap() {
+                    frames.push(f);
+                }
+            }
+            prop_assert_eq!(frames.len(), 2);
+            prop_assert_eq!(frames[0].parse::<Request>(Kind::Request).unwrap(), run_request());
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..2000)) {
+            let mut d = Decoder::new();
+            d.feed(&bytes);
+            while let Ok(Some(f)) = d.next_frame() {
+                let _ = f.parse::<Request>(Kind::Request);
+                let _ = f.parse::<Response>(Kind::Response);
+                let _ = f.parse::<Event>(Kind::Event);
+            }
+        }
+
+        #[test]
+        fn valid_header_with_random_payload_never_panics(payload in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let mut f = vec![b'O', b'K', VERSION, 1];
+            f.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+            f.extend_from_slice(&payload);
+            let mut d = Decoder::new();
+            d.feed(&f);
+            let frame = d.next_frame().unwrap().unwrap();
+            let _ = frame.parse::<Request>(Kind::Request);
+        }
+    }
+}
