@@ -39,9 +39,14 @@ pub fn require_testhost() {
     );
 }
 
+/// A command running `integration/testhost/run`, to add arguments and environment to.
+pub fn testhost_command() -> Command {
+    Command::new(repo_root().join("integration/testhost/run"))
+}
+
 /// `integration/testhost/run ARGS...`, capturing its output.
 pub fn testhost(args: &[&str]) -> Output {
-    Command::new(repo_root().join("integration/testhost/run"))
+    testhost_command()
         .args(args)
         .output()
         .expect("cannot start integration/testhost/run")

@@ -68,10 +68,7 @@ fn qemu_microvm_boots_our_kernel_to_okvm_init() {
         "console=ttyS0 reboot=t panic=-1 quiet",
         &artifact("okvm-initrd.img"),
     );
-    let line = console
-        .lines()
-        .find(|l| l.contains(banner::PREFIX))
-        .unwrap_or_else(|| panic!("no okvm-init banner in the console:\n{console}"));
+    let line = banner_line(&console, "");
     let up = banner::parse_uptime(line).expect("banner carries the boot time");
     assert!(
         up > Duration::ZERO && up < Duration::from_secs(60),
@@ -95,6 +92,13 @@ fn a_broken_initramfs_is_a_kernel_panic_not_a_hang() {
     assert_eq!(code, Some(0), "{console}");
     assert!(!console.contains(banner::PREFIX), "{console}");
     assert!(console.contains("Kernel panic"), "{console}");
+}
+
+/// The okvm-init banner line in a guest's console output.
+fn banner_line<'a>(out: &'a str, err: &str) -> &'a str {
+    out.lines()
+        .find(|l| l.contains(banner::PREFIX))
+        .unwrap_or_else(|| panic!("no okvm-init banner in the console:\n{out}\n{err}"))
 }
 
 /// Runs `okvm boot` (okvm's own VMM), returning (exit code, stdout, stderr).
@@ -121,10 +125,7 @@ fn okvm_boot_runs_our_kernel_to_okvm_init_and_exits_0() {
         "--initrd",
         initrd.to_str().unwrap(),
     ]);
-    let line = out
-        .lines()
-        .find(|l| l.contains(banner::PREFIX))
-        .unwrap_or_else(|| panic!("no banner:\n{out}\n{err}"));
+    let line = banner_line(&out, &err);
     assert!(banner::parse_uptime(line).is_some(), "{line}");
     assert_eq!(code, Some(0), "{out}\n{err}");
     assert_eq!(banner::parse_cpus(line), Some(1), "{line}");
@@ -147,10 +148,7 @@ fn okvm_boot_brings_several_vcpus_online() {
             "--vcpus",
             n,
         ]);
-        let line = out
-            .lines()
-            .find(|l| l.contains(banner::PREFIX))
-            .unwrap_or_else(|| panic!("no banner with {n} vCPUs:\n{out}\n{err}"));
+        let line = banner_line(&out, &err);
         assert_eq!(banner::parse_cpus(line), n.parse().ok(), "{line}");
         assert_eq!(code, Some(0), "{out}\n{err}");
     }

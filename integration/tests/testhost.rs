@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use okvm_integration::{repo_root, testhost, text};
+use okvm_integration::{repo_root, testhost, testhost_command, text};
 
 #[test]
 #[ignore = "boots the emulated test host; run by `make test`"]
@@ -70,7 +70,7 @@ fn two_test_hosts_run_at_once() {
         )
     };
     let spawn = |s: String| {
-        Command::new(repo_root().join("integration/testhost/run"))
+        testhost_command()
             .args(["--timeout", "300", "--", "sh", "-c", &s])
             .output()
     };
@@ -88,7 +88,7 @@ fn two_test_hosts_run_at_once() {
 #[ignore = "boots the emulated test host; run by `make test`"]
 fn timeout_stops_everything_and_leaves_nothing() {
     let rundir = tempfile::tempdir().unwrap();
-    let out = Command::new(repo_root().join("integration/testhost/run"))
+    let out = testhost_command()
         .env("OKVM_TESTHOST_RUNDIR", rundir.path())
         .args(["--timeout", "2", "--", "sleep", "600"])
         .output()
@@ -165,7 +165,7 @@ fn a_missing_prerequisite_is_named() {
             "virtiofsd not found (cargo install virtiofsd --locked",
         ),
     ] {
-        let out = Command::new(repo_root().join("integration/testhost/run"))
+        let out = testhost_command()
             .env("PATH", bin.path())
             .env("HOME", bin.path())
             .env_remove("CARGO_HOME")
@@ -183,7 +183,7 @@ fn a_missing_prerequisite_is_named() {
 #[ignore = "boots the emulated test host; run by `make test`"]
 fn sigterm_stops_everything_and_leaves_nothing() {
     let rundir = tempfile::tempdir().unwrap();
-    let child = Command::new(repo_root().join("integration/testhost/run"))
+    let child = testhost_command()
         .env("OKVM_TESTHOST_RUNDIR", rundir.path())
         .args(["--", "sleep", "600"])
         .stderr(std::process::Stdio::piped())

@@ -16,6 +16,8 @@ pub enum Error {
     Memfd(nix::Error),
     #[error("cannot size the guest memory file to {size} bytes: {err}")]
     Truncate { size: u64, err: std::io::Error },
+    #[error("cannot duplicate the guest memory file descriptor: {0}")]
+    Dup(std::io::Error),
     #[error("cannot map guest memory: {0}")]
     Map(#[from] vm_memory::mmap::FromRangesError),
 }
@@ -44,11 +46,7 @@ pub fn create(mem_mib: u64) -> Result<GuestRam, Error> {
     let mut offset = 0u64;
     let mut regions = Vec::new();
     for (start, len) in ram_ranges(mem_mib) {
-        let fo = FileOffset::new(
-            file.try_clone()
-                .map_err(|err| Error::Truncate { size, err })?,
-            offset,
-        );
+        let fo = FileOffset::new(file.try_clone().map_err(Error::Dup)?, offset);
         regions.push((GuestAddress(start), len as usize, Some(fo)));
         offset += len;
     }

@@ -61,8 +61,13 @@ pub enum Error {
     MpTable(#[from] mptable::Error),
     #[error("cannot open console file {path}: {err}")]
     Console { path: PathBuf, err: std::io::Error },
-    #[error("eventfd: {0}")]
-    EventFd(std::io::Error),
+    #[error("cannot {what}: {err}")]
+    Host {
+        what: &'static str,
+        err: std::io::Error,
+    },
+    #[error("cannot set up the VM: {0}")]
+    Setup(String),
     #[error("the guest stopped in an unexpected way: {0}")]
     UnexpectedExit(String),
 }
@@ -114,15 +119,18 @@ pub fn run(config: &VmConfig) -> Result<Exit, Error> {
     )?;
     mptable::write(&ram.memory, config.vcpus)?;
 
-    let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::EventFd)?;
+    let serial_irq = eventfd()?;
     kvm(
         "register serial irqfd",
         vm.register_irqfd(&serial_irq, SERIAL_IRQ),
     )?;
-    let reset = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::EventFd)?;
+    let reset = eventfd()?;
     let legacy = Arc::new(Mutex::new(Legacy::new(
         serial_irq,
-        reset.try_clone().map_err(Error::EventFd)?,
+        reset.try_clone().map_err(|err| Error::Host {
+            what: "clone an eventfd",
+            err,
+        })?,
         console,
     )));
 
@@ -140,6 +148,13 @@ pub fn run(config: &VmConfig) -> Result<Exit, Error> {
     run_vcpus(vcpus, legacy, reset)
 }
 
+fn eventfd() -> Result<EventFd, Error> {
+    EventFd::new(libc::EFD_NONBLOCK).map_err(|err| Error::Host {
+        what: "create an eventfd",
+        err,
+    })
+}
+
 /// Wakes a vCPU thread out of KVM_RUN; the handler itself does nothing.
 extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
 
@@ -154,8 +169,12 @@ fn run_vcpus<W: Write + Send + 'static>(
     legacy: Arc<Mutex<Legacy<W>>>,
     reset: EventFd,
 ) -> Result<Exit, Error> {
-    vmm_sys_util::signal::register_signal_handler(kick_signal(), kick_handler)
-        .map_err(|e| Error::EventFd(std::io::Error::from_raw_os_error(e.errno())))?;
+    vmm_sys_util::signal::register_signal_handler(kick_signal(), kick_handler).map_err(|e| {
+        Error::Host {
+            what: "install the vCPU kick signal handler",
+            err: std::io::Error::from_raw_os_error(e.errno()),
+        }
+    })?;
     let stop = Arc::new(AtomicBool::new(false));
     let reset = Arc::new(reset);
     let (done_tx, done_rx) = mpsc::channel();
@@ -169,7 +188,10 @@ fn run_vcpus<W: Write + Send + 'static>(
                 let r = vcpu_loop(vcpu, &legacy, &stop, &reset);
                 let _ = done.send(r);
             })
-            .map_err(Error::EventFd)?;
+            .map_err(|err| Error::Host {
+                what: "start a vCPU thread",
+                err,
+            })?;
         handles.push(handle);
     }
     drop(done_tx);
@@ -241,7 +263,7 @@ fn register_memory(vm: &VmFd, mem: &vm_memory::GuestMemoryMmap) -> Result<(), Er
     for (slot, region) in mem.iter().enumerate() {
         let host = mem
             .get_host_address(region.start_addr())
-            .map_err(|e| Error::UnexpectedExit(e.to_string()))?;
+            .map_err(|e| Error::Setup(e.to_string()))?;
         let r = kvm_userspace_memory_region {
             slot: slot as u32,
             flags: 0,
@@ -297,7 +319,7 @@ fn setup_vcpu(kvm_sys: &Kvm, vcpu: &VcpuFd, id: u8) -> Result<(), Error> {
         msr(0x10, 0),        // TSC
         msr(0x1a0, 1),       // MISC_ENABLE: fast strings
     ])
-    .map_err(|e| Error::UnexpectedExit(format!("MSR list: {e:?}")))?;
+    .map_err(|e| Error::Setup(format!("MSR list: {e:?}")))?;
     kvm("set MSRs", vcpu.set_msrs(&msrs))?;
 
     // LINT0 delivers the PIC's ExtINT, LINT1 NMIs, as firmware would leave them.
