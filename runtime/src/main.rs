@@ -111,17 +111,20 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
 }
 
 /// Readers never see a half-written file: write beside the target, then rename.
+/// On failure the temporary file is removed.
 fn write_atomically(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty());
-    let dir = dir.unwrap_or_else(|| std::path::Path::new("."));
-    let mut tmp = tempfile_in(dir)?;
-    std::io::Write::write_all(&mut tmp.1, data)?;
-    tmp.1.sync_all()?;
-    std::fs::rename(&tmp.0, path)
-}
-
-fn tempfile_in(dir: &std::path::Path) -> std::io::Result<(PathBuf, std::fs::File)> {
-    let name = dir.join(format!(".okvm-tmp-{}", std::process::id()));
-    let f = std::fs::File::create(&name)?;
-    Ok((name, f))
+    let tmp = dir
+        .unwrap_or_else(|| std::path::Path::new("."))
+        .join(format!(".okvm-tmp-{}", std::process::id()));
+    let result = std::fs::File::create(&tmp)
+        .and_then(|mut f| {
+            std::io::Write::write_all(&mut f, data)?;
+            f.sync_all()
+        })
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
 }
