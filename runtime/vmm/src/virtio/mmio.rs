@@ -6,11 +6,14 @@
 
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
 
-use super::{Interrupt, VirtioDevice, VIRTIO_F_VERSION_1};
+use super::{Activation, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1};
 
 /// Size of one device's MMIO window.
 pub const WINDOW: u64 = 0x1000;
+/// Offset of the QueueNotify register, where KVM ioeventfds are attached.
+pub const QUEUE_NOTIFY: u64 = 0x050;
 
 const MAGIC: u32 = 0x7472_6976; // "virt"
 const VERSION: u32 = 2;
@@ -30,6 +33,10 @@ pub struct MmioTransport {
     mem: GuestMemoryMmap,
     interrupt: Interrupt,
     queues: Vec<Queue>,
+    /// Which queues were ready at activation (the queues themselves are then
+    /// the device's), so QueueReady keeps reading true while the device runs.
+    ready_at_activation: Vec<bool>,
+    queue_events: Vec<EventFd>,
     queue_sel: u32,
     device_features_sel: u32,
     driver_features_sel: u32,
@@ -42,13 +49,23 @@ pub struct MmioTransport {
 }
 
 impl MmioTransport {
-    pub fn new(device: Box<dyn VirtioDevice>, mem: GuestMemoryMmap, interrupt: Interrupt) -> Self {
+    pub fn new(
+        device: Box<dyn VirtioDevice>,
+        mem: GuestMemoryMmap,
+        interrupt: Interrupt,
+    ) -> std::io::Result<Self> {
         let queues = queues_for(device.as_ref());
-        MmioTransport {
+        let queue_events = queues
+            .iter()
+            .map(|_| EventFd::new(libc::EFD_NONBLOCK))
+            .collect::<Result<_, _>>()?;
+        Ok(MmioTransport {
             device,
             mem,
             interrupt,
             queues,
+            ready_at_activation: Vec::new(),
+            queue_events,
             queue_sel: 0,
             device_features_sel: 0,
             driver_features_sel: 0,
@@ -57,11 +74,26 @@ impl MmioTransport {
             config_generation: 0,
             activated: false,
             broken: None,
+        })
+    }
+
+    /// The transport's status, with NEEDS_RESET once the device's worker gave up.
+    pub fn status(&self) -> u32 {
+        if self.interrupt.broken().is_some() {
+            self.status | STATUS_NEEDS_RESET
+        } else {
+            self.status
         }
     }
 
-    pub fn status(&self) -> u32 {
-        self.status
+    /// The device type, for the VMM's log and the kernel command line.
+    pub fn device_type(&self) -> u32 {
+        self.device.device_type()
+    }
+
+    /// The per-queue notification eventfds, for KVM ioeventfd registration.
+    pub fn queue_events(&self) -> &[EventFd] {
+        &self.queue_events
     }
 
     fn queue(&mut self) -> Option<&mut Queue> {
@@ -93,6 +125,10 @@ impl MmioTransport {
                 .queues
                 .get(self.queue_sel as usize)
                 .map_or(0, |q| u32::from(q.max_size())),
+            0x044 if self.activated => self
+                .ready_at_activation
+                .get(self.queue_sel as usize)
+                .map_or(0, |&r| u32::from(r)),
             0x044 => self
                 .queues
                 .get(self.queue_sel as usize)
@@ -101,7 +137,7 @@ impl MmioTransport {
                 .interrupt
                 .status
                 .load(std::sync::atomic::Ordering::SeqCst),
-            0x070 => self.status,
+            0x070 => self.status(),
             0x0fc => self.config_generation,
             _ => 0,
         };
@@ -145,8 +181,11 @@ impl MmioTransport {
                     q.set_ready(v == 1);
                 }
             }
-            0x050 if self.activated && (v as usize) < self.device.queue_max_sizes().len() => {
-                self.device.queue_notify(v as u16)
+            // Only reached when no ioeventfd caught the write first.
+            QUEUE_NOTIFY if self.activated => {
+                if let Some(evt) = self.queue_events.get(v as usize) {
+                    let _ = evt.write(1);
+                }
             }
             0x064 => {
                 self.interrupt
@@ -208,17 +247,34 @@ impl MmioTransport {
         if !valid {
             return self.fail("a ready queue lies outside guest memory or is misaligned");
         }
-        let queues = std::mem::replace(&mut self.queues, queues_for(self.device.as_ref()));
-        match self
-            .device
-            .activate(mem, queues, self.interrupt.clone(), self.driver_features)
+        let queue_events = match self
+            .queue_events
+            .iter()
+            .map(EventFd::try_clone)
+            .collect::<Result<Vec<_>, _>>()
         {
+            Ok(e) => e,
+            Err(e) => return self.fail(&format!("cannot clone a queue eventfd: {e}")),
+        };
+        self.ready_at_activation = self.queues.iter().map(|q| q.ready()).collect();
+        let queues = std::mem::replace(&mut self.queues, queues_for(self.device.as_ref()));
+        match self.device.activate(Activation {
+            mem,
+            queues,
+            queue_events,
+            interrupt: self.interrupt.clone(),
+            features: self.driver_features,
+        }) {
             Ok(()) => self.activated = true,
             Err(e) => self.fail(&e.to_string()),
         }
     }
 
     fn fail(&mut self, why: &str) {
+        log::error!(
+            "virtio device type {}: set-up refused: {why}",
+            self.device.device_type()
+        );
         self.status |= STATUS_NEEDS_RESET | STATUS_FAILED;
         self.broken = Some(why.to_string());
     }
@@ -232,10 +288,13 @@ impl MmioTransport {
         self.status = 0;
         self.driver_features = 0;
         self.queue_sel = 0;
-        self.interrupt
-            .status
-            .store(0, std::sync::atomic::Ordering::SeqCst);
+        self.ready_at_activation.clear();
+        self.interrupt.clear();
         self.broken = None;
+        // Drain notifications of the old incarnation.
+        for evt in &self.queue_events {
+            let _ = evt.read();
+        }
     }
 }
 
@@ -259,7 +318,7 @@ mod tests {
     #[derive(Default)]
     struct Log {
         activated: Option<(usize, u64)>,
-        notified: Vec<u16>,
+        events: Vec<EventFd>,
         resets: usize,
     }
 
@@ -281,18 +340,11 @@ mod tests {
             }
         }
         fn write_config(&mut self, _: u64, _: &[u8]) {}
-        fn activate(
-            &mut self,
-            _: GuestMemoryMmap,
-            queues: Vec<Queue>,
-            _: Interrupt,
-            features: u64,
-        ) -> Result<(), ActivateError> {
-            self.0.lock().unwrap().activated = Some((queues.len(), features));
+        fn activate(&mut self, a: Activation) -> Result<(), ActivateError> {
+            let mut log = self.0.lock().unwrap();
+            log.activated = Some((a.queues.len(), a.features));
+            log.events = a.queue_events;
             Ok(())
-        }
-        fn queue_notify(&mut self, index: u16) {
-            self.0.lock().unwrap().notified.push(index);
         }
         fn reset(&mut self) {
             self.0.lock().unwrap().resets += 1;
@@ -304,7 +356,7 @@ mod tests {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
         let irq = Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap());
         (
-            MmioTransport::new(Box::new(Fake(log.clone())), mem, irq),
+            MmioTransport::new(Box::new(Fake(log.clone())), mem, irq).unwrap(),
             log,
         )
     }
@@ -373,7 +425,17 @@ mod tests {
         assert!(t.broken.is_none());
         wr(&mut t, 0x050, 1);
         wr(&mut t, 0x050, 9); // out of range: ignored
-        assert_eq!(log.lock().unwrap().notified, vec![1]);
+        {
+            let log = log.lock().unwrap();
+            assert!(log.events[0].read().is_err(), "queue 0 was not notified");
+            assert_eq!(log.events[1].read().unwrap(), 1);
+        }
+        wr(&mut t, 0x030, 1);
+        assert_eq!(
+            rd(&mut t, 0x044),
+            1,
+            "QueueReady still reads 1 while running"
+        );
         // Queues cannot be reprogrammed while the device runs.
         wr(&mut t, 0x030, 0);
         wr(&mut t, 0x044, 0);

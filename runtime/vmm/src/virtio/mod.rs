@@ -5,6 +5,7 @@
 //! is activated.
 
 pub mod mmio;
+pub mod worker;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -20,11 +21,14 @@ pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
 pub const INT_USED_RING: u32 = 1;
 pub const INT_CONFIG: u32 = 2;
 
-/// How a device interrupts the guest: a status bit, then the irqfd.
+/// How a device interrupts the guest: a status bit, then the irqfd. It also
+/// carries the device's "broken" flag, so that a worker thread that gives up on
+/// a misbehaving driver can say so through the transport's status register.
 #[derive(Clone)]
 pub struct Interrupt {
     pub status: Arc<AtomicU32>,
     pub irq: Arc<EventFd>,
+    broken: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl Interrupt {
@@ -32,6 +36,7 @@ impl Interrupt {
         Interrupt {
             status: Arc::new(AtomicU32::new(0)),
             irq: Arc::new(irq),
+            broken: Arc::default(),
         }
     }
 
@@ -39,6 +44,46 @@ impl Interrupt {
         self.status.fetch_or(bits, Ordering::SeqCst);
         self.irq.write(1)
     }
+
+    /// The device stops serving because of what the driver did: record why,
+    /// log it once, and tell the driver (NEEDS_RESET, config interrupt).
+    pub fn fail(&self, device: &str, why: &str) {
+        let mut broken = self.broken.lock().unwrap_or_else(|e| e.into_inner());
+        if broken.is_none() {
+            log::error!("virtio-{device}: device marked broken: {why}");
+            *broken = Some(why.to_string());
+        }
+        drop(broken);
+        let _ = self.signal(INT_CONFIG);
+    }
+
+    /// Why the device broke, if it did.
+    pub fn broken(&self) -> Option<String> {
+        self.broken
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// A driver reset clears the broken state and pending interrupt bits.
+    pub fn clear(&self) {
+        self.status.store(0, Ordering::SeqCst);
+        *self.broken.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+}
+
+/// What a device gets when the driver sets DRIVER_OK.
+pub struct Activation {
+    pub mem: GuestMemoryMmap,
+    /// The queues the driver made ready, in index order (unready ones included,
+    /// so that indices match the device's queue numbering).
+    pub queues: Vec<Queue>,
+    /// One eventfd per queue, readable when the driver notified that queue
+    /// (KVM ioeventfd, or the transport's QueueNotify fallback).
+    pub queue_events: Vec<EventFd>,
+    pub interrupt: Interrupt,
+    /// The feature bits the driver accepted.
+    pub features: u64,
 }
 
 /// Why a device refused to start.
@@ -58,16 +103,9 @@ pub trait VirtioDevice: Send {
     fn read_config(&self, offset: u64, data: &mut [u8]);
     /// Writes to it; most devices ignore writes.
     fn write_config(&mut self, offset: u64, data: &[u8]);
-    /// The driver finished setting up: take the queues and start serving them.
-    fn activate(
-        &mut self,
-        mem: GuestMemoryMmap,
-        queues: Vec<Queue>,
-        interrupt: Interrupt,
-        acked_features: u64,
-    ) -> Result<(), ActivateError>;
-    /// The driver notified queue `index` (QueueNotify).
-    fn queue_notify(&mut self, index: u16);
+    /// The driver finished setting up: take the queues and start serving them
+    /// (usually on a [`worker::Worker`] thread).
+    fn activate(&mut self, activation: Activation) -> Result<(), ActivateError>;
     /// The driver reset the device: stop serving and drop the queues.
     fn reset(&mut self);
 }
