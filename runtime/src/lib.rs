@@ -1,5 +1,8 @@
 //! okvm: the library both front ends (the runc-compatible `okvm` CLI and
 //! `containerd-shim-okvm-v2`) share.
 
+pub mod boot;
 pub mod initramfs;
 pub mod kvm_check;
+pub mod logger;
+pub mod virtiofsd;

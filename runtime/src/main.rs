@@ -42,10 +42,10 @@ struct BootArgs {
     /// Initramfs (uncompressed cpio, or whatever the kernel can unpack).
     #[arg(long)]
     initrd: Option<PathBuf>,
-    /// Kernel command line.
+    /// Kernel command line (okvm appends the virtio-mmio device list).
     #[arg(long, default_value = "console=ttyS0 reboot=k panic=-1 quiet")]
     cmdline: String,
-    /// Number of vCPUs (1 for now; SMP follows).
+    /// Number of vCPUs (1 to 8).
     #[arg(long, default_value_t = 1)]
     vcpus: u8,
     /// Guest memory in MiB.
@@ -54,10 +54,15 @@ struct BootArgs {
     /// Serial console: stdio, off, or a file path.
     #[arg(long, default_value = "stdio")]
     console: String,
+    /// Share host directory DIR with the guest as virtio-fs tag TAG (repeatable;
+    /// one virtiofsd each). In the guest: mount -t virtiofs TAG /mnt.
+    #[arg(long = "share", value_name = "TAG=DIR", value_parser = okvm::boot::parse_share)]
+    shares: Vec<(String, PathBuf)>,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    okvm::logger::init(log::LevelFilter::Warn);
     match run(cli.command) {
         Ok(code) => code,
         Err(e) => {
@@ -88,15 +93,15 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 "off" => okvm_vmm::vm::Console::Off,
                 path => okvm_vmm::vm::Console::File(path.into()),
             };
-            let config = okvm_vmm::vm::VmConfig {
+            okvm::boot::run(okvm::boot::BootOptions {
                 kernel: a.kernel,
                 initrd: a.initrd,
                 cmdline: a.cmdline,
                 vcpus: a.vcpus,
                 mem_mib: a.mem,
                 console,
-            };
-            okvm_vmm::vm::run(&config)?;
+                shares: a.shares,
+            })?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Initramfs { init, output } => {

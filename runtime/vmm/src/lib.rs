@@ -1,9 +1,12 @@
 //! okvm's virtual machine monitor: a small KVM VMM composed from rust-vmm crates
-//! (vm-memory, linux-loader, and later kvm-ioctls, vm-superio, virtio-queue, vhost).
+//! (kvm-ioctls, vm-memory, linux-loader, vm-superio, virtio-queue, vhost).
 //!
-//! Each module owns one concern; nothing here parses guest-controlled data yet.
+//! Each module owns one concern. Guest-controlled data is parsed only in the
+//! virtio transport and devices (`virtio/`), never on the vCPU threads' own
+//! account beyond a register access.
 
 pub mod boot;
+pub mod devices;
 pub mod layout;
 pub mod legacy;
 pub mod memory;

@@ -17,7 +17,9 @@ use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::devices::{self, MmioBus};
 use crate::legacy::{Legacy, SERIAL_IRQ};
+use crate::virtio::{fs::Fs, rng::Rng};
 use crate::{boot, memory, mptable, x86};
 
 /// Where the guest's serial console goes.
@@ -26,6 +28,13 @@ pub enum Console {
     Stdout,
     Off,
     File(PathBuf),
+}
+
+/// A virtio-fs share served by a virtiofsd already listening on `socket`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FsShare {
+    pub tag: String,
+    pub socket: PathBuf,
 }
 
 /// Everything needed to boot one microVM.
@@ -37,6 +46,8 @@ pub struct VmConfig {
     pub vcpus: u8,
     pub mem_mib: u64,
     pub console: Console,
+    /// virtio-fs shares, in the order their devices appear.
+    pub fs: Vec<FsShare>,
 }
 
 /// The largest vCPU count okvm configures.
@@ -59,6 +70,10 @@ pub enum Error {
     Tables(#[from] x86::MemoryError),
     #[error(transparent)]
     MpTable(#[from] mptable::Error),
+    #[error(transparent)]
+    Devices(#[from] devices::Error),
+    #[error(transparent)]
+    Fs(#[from] crate::virtio::fs::Error),
     #[error("cannot open console file {path}: {err}")]
     Console { path: PathBuf, err: std::io::Error },
     #[error("cannot {what}: {err}")]
@@ -110,12 +125,14 @@ pub fn run(config: &VmConfig) -> Result<Exit, Error> {
     };
     kvm("create PIT", vm.create_pit2(pit))?;
 
+    let bus = Arc::new(attach_devices(config, &vm, &ram.memory)?);
+    let cmdline = format!("{}{}", config.cmdline, bus.cmdline());
     let loaded = boot::load(
         &ram.memory,
         config.mem_mib,
         &config.kernel,
         config.initrd.as_deref(),
-        &config.cmdline,
+        &cmdline,
     )?;
     mptable::write(&ram.memory, config.vcpus)?;
 
@@ -145,7 +162,21 @@ pub fn run(config: &VmConfig) -> Result<Exit, Error> {
         }
         vcpus.push(vcpu);
     }
-    run_vcpus(vcpus, legacy, reset)
+    run_vcpus(vcpus, legacy, bus, reset)
+}
+
+/// The virtio devices, in a fixed order: entropy, then the shares.
+fn attach_devices(
+    config: &VmConfig,
+    vm: &VmFd,
+    mem: &vm_memory::GuestMemoryMmap,
+) -> Result<MmioBus, Error> {
+    let mut bus = MmioBus::default();
+    bus.add(vm, mem, Box::new(Rng::new()))?;
+    for share in &config.fs {
+        bus.add(vm, mem, Box::new(Fs::new(&share.tag, &share.socket)?))?;
+    }
+    Ok(bus)
 }
 
 fn eventfd() -> Result<EventFd, Error> {
@@ -167,6 +198,7 @@ fn kick_signal() -> libc::c_int {
 fn run_vcpus<W: Write + Send + 'static>(
     vcpus: Vec<VcpuFd>,
     legacy: Arc<Mutex<Legacy<W>>>,
+    bus: Arc<MmioBus>,
     reset: EventFd,
 ) -> Result<Exit, Error> {
     vmm_sys_util::signal::register_signal_handler(kick_signal(), kick_handler).map_err(|e| {
@@ -180,12 +212,17 @@ fn run_vcpus<W: Write + Send + 'static>(
     let (done_tx, done_rx) = mpsc::channel();
     let mut handles = Vec::new();
     for (id, vcpu) in vcpus.into_iter().enumerate() {
-        let (legacy, stop, reset, done) =
-            (legacy.clone(), stop.clone(), reset.clone(), done_tx.clone());
+        let (legacy, bus, stop, reset, done) = (
+            legacy.clone(),
+            bus.clone(),
+            stop.clone(),
+            reset.clone(),
+            done_tx.clone(),
+        );
         let handle = std::thread::Builder::new()
             .name(format!("okvm-vcpu-{id}"))
             .spawn(move || {
-                let r = vcpu_loop(vcpu, &legacy, &stop, &reset);
+                let r = vcpu_loop(vcpu, &legacy, &bus, &stop, &reset);
                 let _ = done.send(r);
             })
             .map_err(|err| Error::Host {
@@ -218,6 +255,7 @@ fn run_vcpus<W: Write + Send + 'static>(
 fn vcpu_loop<W: Write>(
     mut vcpu: VcpuFd,
     legacy: &Mutex<Legacy<W>>,
+    bus: &MmioBus,
     stop: &AtomicBool,
     reset: &EventFd,
 ) -> Result<Exit, Error> {
@@ -238,9 +276,15 @@ fn vcpu_loop<W: Write>(
                 }
             }
             Ok(VcpuExit::IoIn(port, data)) => lock().pio_read(port, data),
-            // Nothing is mapped in the MMIO gap yet: reads float high, writes vanish.
-            Ok(VcpuExit::MmioRead(_, data)) => data.fill(0xff),
-            Ok(VcpuExit::MmioWrite(..)) => {}
+            // Outside the devices' windows reads float high and writes vanish.
+            Ok(VcpuExit::MmioRead(addr, data)) => {
+                if !bus.read(addr, data) {
+                    data.fill(0xff)
+                }
+            }
+            Ok(VcpuExit::MmioWrite(addr, data)) => {
+                bus.write(addr, data);
+            }
             Ok(VcpuExit::Shutdown) => return Ok(Exit::Reset),
             Ok(VcpuExit::Hlt) => {
                 return Err(Error::UnexpectedExit(
@@ -379,6 +423,7 @@ mod tests {
             vcpus: 9,
             mem_mib: 64,
             console: Console::Off,
+            fs: Vec::new(),
         };
         assert!(matches!(run(&cfg), Err(Error::BadVcpus(9))));
     }

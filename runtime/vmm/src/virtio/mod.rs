@@ -4,7 +4,9 @@
 //! writes to the transport registers is validated in [`mmio`] before a device
 //! is activated.
 
+pub mod fs;
 pub mod mmio;
+pub mod rng;
 pub mod worker;
 
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -108,4 +110,32 @@ pub trait VirtioDevice: Send {
     fn activate(&mut self, activation: Activation) -> Result<(), ActivateError>;
     /// The driver reset the device: stop serving and drop the queues.
     fn reset(&mut self);
+}
+
+/// Copies the part of a device's config space at `offset` into `data`; bytes
+/// past its end read as zero. Guest offsets are untrusted.
+pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
+    data.fill(0);
+    let Ok(start) = usize::try_from(offset) else {
+        return;
+    };
+    if let Some(src) = config.get(start..) {
+        let n = src.len().min(data.len());
+        data[..n].copy_from_slice(&src[..n]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::read_config_bytes;
+
+    #[test]
+    fn config_reads_are_bounded() {
+        let cfg = [1u8, 2, 3, 4];
+        let mut d = [9u8; 4];
+        read_config_bytes(&cfg, 2, &mut d);
+        assert_eq!(d, [3, 4, 0, 0]);
+        read_config_bytes(&cfg, u64::MAX, &mut d);
+        assert_eq!(d, [0; 4]);
+    }
 }
