@@ -2,5 +2,7 @@
 //! shares with it.
 
 pub mod banner;
-pub mod protocol;
+pub mod reaper;
+pub mod server;
 pub mod uptime;
+pub mod vsock;

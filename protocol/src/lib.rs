@@ -1,4 +1,5 @@
-//! The host <-> okvm-init control protocol, shared by both sides.
+//! The host <-> okvm-init control protocol, shared by both sides (the guest's
+//! okvm-init and the host's runtime, shim and tests all use this crate).
 //!
 //! Each message travels in one frame: a fixed 8-byte header (magic "OK",
 //! protocol version, frame kind, payload length, big-endian) followed by a JSON
@@ -18,8 +19,14 @@ pub const HEADER_LEN: usize = 8;
 /// Larger frames are refused: no legitimate message comes near it.
 pub const MAX_PAYLOAD: usize = 1 << 20;
 
-/// The vsock port okvm-init listens on for the control connection.
+/// The vsock port okvm-init listens on for control connections, and the host
+/// port it connects to once at start-up to announce itself ([`Event::Ready`]).
 pub const CONTROL_PORT: u32 = 1024;
+/// The host's vsock address (VMADDR_CID_HOST).
+pub const HOST_CID: u32 = 2;
+/// Captured output beyond this is cut off (and `truncated` set), which keeps
+/// every response frame far below [`MAX_PAYLOAD`]. Bulk output uses streams.
+pub const MAX_CAPTURE: usize = 64 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
@@ -39,14 +46,39 @@ pub struct Request {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "op")]
 pub enum RequestBody {
-    /// Run a command; its output comes back in the response.
+    /// Mount the virtio-fs share `tag` at `target` (created if missing).
+    Mount { tag: String, target: String },
+    /// Run a command and answer with its exit status once it ends.
     Run {
         args: Vec<String>,
         env: Vec<String>,
         cwd: Option<String>,
+        /// Directory to chroot into first (e.g. a mounted share), if any.
+        #[serde(default)]
+        root: Option<String>,
+        #[serde(default)]
+        stdio: Stdio,
     },
     /// Power the guest off.
     Shutdown,
+}
+
+/// Where a command's stdin, stdout and stderr go.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum Stdio {
+    /// stdin empty; stdout and stderr collected (up to [`MAX_CAPTURE`] each)
+    /// and returned in the response.
+    #[default]
+    Capture,
+    /// Raw byte streams: for each port given, okvm-init connects to that host
+    /// vsock port and wires the stream to the command (no framing, no copy
+    /// through the control connection). A stream left out is /dev/null.
+    Streams {
+        stdin: Option<u32>,
+        stdout: Option<u32>,
+        stderr: Option<u32>,
+    },
 }
 
 /// Guest -> host, answering the request with the same id.
@@ -63,8 +95,14 @@ pub enum ResponseBody {
         /// Exit code, or None when killed by a signal.
         code: Option<i32>,
         signal: Option<i32>,
+        /// Captured output ([`Stdio::Capture`] only).
+        #[serde(default)]
         stdout: Vec<u8>,
+        #[serde(default)]
         stderr: Vec<u8>,
+        /// Some captured output was cut off at [`MAX_CAPTURE`].
+        #[serde(default)]
+        truncated: bool,
     },
     Done,
     Error {
@@ -128,6 +166,64 @@ pub fn encode<T: Serialize>(kind: Kind, msg: &T) -> Vec<u8> {
     out
 }
 
+/// Writes one message as a frame.
+pub fn write_message<W: std::io::Write, T: Serialize>(
+    w: &mut W,
+    kind: Kind,
+    msg: &T,
+) -> std::io::Result<()> {
+    w.write_all(&encode(kind, msg))?;
+    w.flush()
+}
+
+/// Why reading a message from a stream failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("the peer closed the connection")]
+    Closed,
+    #[error("connection: {0}")]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Protocol(#[from] Error),
+}
+
+/// Blocking reads of whole frames from a stream.
+pub struct FrameReader<R> {
+    inner: R,
+    decoder: Decoder,
+}
+
+impl<R: std::io::Read> FrameReader<R> {
+    pub fn new(inner: R) -> Self {
+        FrameReader {
+            inner,
+            decoder: Decoder::new(),
+        }
+    }
+
+    /// The next frame; `ReadError::Closed` at a clean end of stream.
+    pub fn next_frame(&mut self) -> Result<Frame, ReadError> {
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            if let Some(f) = self.decoder.next_frame()? {
+                return Ok(f);
+            }
+            let n = match self.inner.read(&mut buf) {
+                Ok(0) => return Err(ReadError::Closed),
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e.into()),
+            };
+            self.decoder.feed(&buf[..n]);
+        }
+    }
+
+    /// The next frame, which must be of `kind`, parsed as `T`.
+    pub fn read<T: for<'de> Deserialize<'de>>(&mut self, kind: Kind) -> Result<T, ReadError> {
+        Ok(self.next_frame()?.parse(kind)?)
+    }
+}
+
 /// Reassembles frames from a byte stream fed in arbitrary pieces.
 #[derive(Default)]
 pub struct Decoder {
@@ -187,6 +283,12 @@ mod tests {
                 args: vec!["sh".into(), "-c".into(), "exit 3".into()],
                 env: vec!["PATH=/bin".into()],
                 cwd: Some("/".into()),
+                root: None,
+                stdio: Stdio::Streams {
+                    stdin: Some(5000),
+                    stdout: Some(5001),
+                    stderr: None,
+                },
             },
         }
     }
@@ -202,6 +304,7 @@ mod tests {
                 signal: None,
                 stdout: b"out".to_vec(),
                 stderr: vec![],
+                truncated: false,
             },
         };
         d.feed(&encode(Kind::Response, &resp));
@@ -267,6 +370,33 @@ mod tests {
         assert!(matches!(
             junk.parse::<Request>(Kind::Request),
             Err(Error::Payload(_))
+        ));
+    }
+
+    #[test]
+    fn frame_reader_reads_whole_messages_then_reports_the_end() {
+        let mut bytes = Vec::new();
+        write_message(&mut bytes, Kind::Request, &run_request()).unwrap();
+        let mut r = FrameReader::new(&bytes[..]);
+        assert_eq!(r.read::<Request>(Kind::Request).unwrap(), run_request());
+        assert!(matches!(r.next_frame(), Err(ReadError::Closed)));
+        let mut r = FrameReader::new(&b"OK\x01\x01\x00"[..]);
+        assert!(matches!(r.next_frame(), Err(ReadError::Closed)));
+    }
+
+    #[test]
+    fn older_requests_without_new_fields_still_parse() {
+        let r: Request = serde_json::from_str(
+            r#"{"id":1,"body":{"op":"run","args":["true"],"env":[],"cwd":null}}"#,
+        )
+        .unwrap();
+        assert!(matches!(
+            r.body,
+            RequestBody::Run {
+                stdio: Stdio::Capture,
+                root: None,
+                ..
+            }
         ));
     }
 

@@ -1,0 +1,75 @@
+//! PID 1's duty: reap every child, orphans included, and hand each exit
+//! status to whoever spawned that process.
+//!
+//! Only the reaper calls waitpid. A process is registered under the same lock
+//! that its spawn happens under, so an exit can never arrive before its waiter.
+
+use std::collections::HashMap;
+use std::process::{Child, Command};
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::{Mutex, OnceLock};
+
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+
+/// How a process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    Code(i32),
+    Signal(i32),
+}
+
+type Waiters = Mutex<HashMap<i32, Sender<Exit>>>;
+
+fn waiters() -> &'static Waiters {
+    static W: OnceLock<Waiters> = OnceLock::new();
+    W.get_or_init(Waiters::default)
+}
+
+/// Spawns `cmd`; the receiver yields its exit once the reaper sees it.
+pub fn spawn(cmd: &mut Command) -> std::io::Result<(Child, Receiver<Exit>)> {
+    let mut w = waiters().lock().unwrap_or_else(|e| e.into_inner());
+    let child = cmd.spawn()?;
+    let (tx, rx) = channel();
+    w.insert(child.id() as i32, tx);
+    Ok((child, rx))
+}
+
+/// Blocks SIGCHLD in the calling thread (and the threads it starts later), so
+/// that [`run`] can wait for it synchronously. Call before starting threads.
+pub fn block_sigchld() -> nix::Result<()> {
+    let mut set = nix::sys::signal::SigSet::empty();
+    set.add(nix::sys::signal::Signal::SIGCHLD);
+    set.thread_block()
+}
+
+/// Reaps children forever.
+pub fn run() -> ! {
+    let mut set = nix::sys::signal::SigSet::empty();
+    set.add(nix::sys::signal::Signal::SIGCHLD);
+    loop {
+        reap_all();
+        let _ = set.wait();
+    }
+}
+
+fn reap_all() {
+    loop {
+        let status = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) | Err(_) => return,
+            Ok(s) => s,
+        };
+        let (pid, exit) = match status {
+            WaitStatus::Exited(pid, code) => (pid, Exit::Code(code)),
+            WaitStatus::Signaled(pid, sig, _) => (pid, Exit::Signal(sig as i32)),
+            _ => continue,
+        };
+        let waiter = waiters()
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&pid.as_raw());
+        if let Some(tx) = waiter {
+            let _ = tx.send(exit);
+        }
+    }
+}
