@@ -53,6 +53,12 @@ fn main() -> ExitCode {
         }
         Err(e) => eprintln!("okvm-init: {e}"),
     }
+    if holds() {
+        // Benchmarks measure a booted guest's host-side memory: stay up.
+        loop {
+            std::thread::park();
+        }
+    }
     if !vsock::device_present() {
         power_off()
     }
@@ -110,6 +116,14 @@ fn start_serving(uptime_ms: u64) {
             }
         }),
     );
+}
+
+/// `okvm.hold` on the kernel command line: stay up after the banner, serving
+/// nothing, until the VMM is stopped.
+fn holds() -> bool {
+    std::fs::read_to_string("/proc/cmdline")
+        .map(|c| c.split_whitespace().any(|w| w == "okvm.hold"))
+        .unwrap_or(false)
 }
 
 fn finish(after: server::After) {

@@ -5,7 +5,11 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use okvm_vmm::vm::{Console, FsShare, VmConfig};
+use okvm_vmm::vm::{Console, FsShare, NetConfig, VmConfig, VsockConfig};
+
+/// Every okvm guest is CID 3: each VM has its own vsock device and socket, so
+/// CIDs never meet (the first CID a guest may have).
+pub const GUEST_CID: u64 = 3;
 
 use crate::virtiofsd::{self, Virtiofsd};
 
@@ -20,6 +24,45 @@ pub struct BootOptions {
     pub console: Console,
     /// (tag, host directory) pairs, one virtio-fs device each.
     pub shares: Vec<(String, PathBuf)>,
+    /// The host side of the guest's vsock device (hybrid vsock socket).
+    pub vsock_uds: Option<PathBuf>,
+    /// An existing tap to give the guest a NIC on.
+    pub tap: Option<String>,
+    /// The NIC's MAC; derived from the tap's name when not given.
+    pub mac: Option<[u8; 6]>,
+}
+
+/// A `xx:xx:xx:xx:xx:xx` argument; it must be a unicast address.
+pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
+    let bad = || format!("{s:?} is not a MAC address like 02:00:00:00:00:01");
+    let parts: Vec<_> = s.split(':').collect();
+    if parts.len() != 6 {
+        return Err(bad());
+    }
+    let mut mac = [0u8; 6];
+    for (b, p) in mac.iter_mut().zip(parts) {
+        if p.len() != 2 {
+            return Err(bad());
+        }
+        *b = u8::from_str_radix(p, 16).map_err(|_| bad())?;
+    }
+    if mac[0] & 1 != 0 {
+        return Err(format!(
+            "{s} is a multicast address; a NIC needs a unicast one"
+        ));
+    }
+    Ok(mac)
+}
+
+/// A stable, locally administered unicast MAC for a tap name, so the same tap
+/// gives the guest the same address every boot.
+pub fn mac_for(tap: &str) -> [u8; 6] {
+    // FNV-1a: tiny, stable across Rust versions (unlike DefaultHasher).
+    let h = tap.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
+    let b = h.to_be_bytes();
+    [0x02, 0x6f, b[0], b[1], b[2], b[3]]
 }
 
 /// A `TAG=DIR` argument.
@@ -44,10 +87,7 @@ struct RunDir(PathBuf);
 
 impl RunDir {
     fn create() -> anyhow::Result<Self> {
-        let base = std::env::var_os("XDG_RUNTIME_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(std::env::temp_dir);
-        let dir = base.join(format!("okvm-boot-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("okvm-boot-{}", std::process::id()));
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("cannot create {}", dir.display()))?;
         Ok(RunDir(dir))
@@ -93,6 +133,14 @@ pub fn run(opts: BootOptions) -> anyhow::Result<()> {
         mem_mib: opts.mem_mib,
         console: opts.console,
         fs,
+        vsock: opts.vsock_uds.map(|uds| VsockConfig {
+            guest_cid: GUEST_CID,
+            uds,
+        }),
+        net: opts.tap.map(|tap| NetConfig {
+            mac: opts.mac.unwrap_or_else(|| mac_for(&tap)),
+            tap,
+        }),
     };
     let result = okvm_vmm::vm::run(&config);
     // The daemons go before the run directory that holds their sockets.
@@ -116,5 +164,25 @@ mod tests {
         for bad in ["root", "=/x", "root=", &format!("{}=/x", "t".repeat(37))] {
             assert!(parse_share(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn macs_parse_and_derived_ones_are_local_unicast() {
+        assert_eq!(
+            parse_mac("02:00:0a:ff:00:01").unwrap(),
+            [2, 0, 10, 255, 0, 1]
+        );
+        for bad in [
+            "02:00:00:00:00",
+            "0g:00:00:00:00:01",
+            "01:00:00:00:00:01",
+            "2:0:0:0:0:1",
+        ] {
+            assert!(parse_mac(bad).is_err(), "{bad}");
+        }
+        let m = mac_for("tap0");
+        assert_eq!(m[0] & 0b11, 0b10);
+        assert_eq!(m, mac_for("tap0"));
+        assert_ne!(m, mac_for("tap1"));
     }
 }

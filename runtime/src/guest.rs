@@ -92,6 +92,12 @@ impl Client {
     /// serves requests like any other.
     pub fn accept_ready(listener: &UnixListener) -> Result<(Self, Event), Error> {
         let (stream, _) = listener.accept()?;
+        Self::announced(stream)
+    }
+
+    /// Reads okvm-init's announcement on a connection it opened to the host.
+    pub fn announced(stream: UnixStream) -> Result<(Self, Event), Error> {
+        stream.set_nonblocking(false)?;
         let mut client = Self::new(stream)?;
         let ready = client.reader.read::<Event>(Kind::Event)?;
         Ok((client, ready))

@@ -58,6 +58,18 @@ struct BootArgs {
     /// one virtiofsd each). In the guest: mount -t virtiofs TAG /mnt.
     #[arg(long = "share", value_name = "TAG=DIR", value_parser = okvm::boot::parse_share)]
     shares: Vec<(String, PathBuf)>,
+    /// Give the guest a virtio-vsock device, reached from the host through the
+    /// Unix socket PATH: connect and send `CONNECT <port>\n` to reach a guest
+    /// port; the guest's connections to host port P arrive at PATH_P.
+    #[arg(long, value_name = "PATH")]
+    vsock_uds: Option<PathBuf>,
+    /// Give the guest a virtio-net NIC on this existing tap interface (okvm
+    /// does not create it: `ip tuntap add NAME mode tap`).
+    #[arg(long, value_name = "NAME")]
+    tap: Option<String>,
+    /// The NIC's MAC address (default: derived from the tap's name).
+    #[arg(long, requires = "tap", value_parser = okvm::boot::parse_mac)]
+    mac: Option<[u8; 6]>,
 }
 
 fn main() -> ExitCode {
@@ -101,6 +113,9 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 mem_mib: a.mem,
                 console,
                 shares: a.shares,
+                vsock_uds: a.vsock_uds,
+                tap: a.tap,
+                mac: a.mac,
             })?;
             Ok(ExitCode::SUCCESS)
         }

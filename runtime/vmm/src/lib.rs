@@ -6,11 +6,13 @@
 //! account beyond a register access.
 
 pub mod boot;
+pub mod console;
 pub mod devices;
 pub mod layout;
 pub mod legacy;
 pub mod memory;
 pub mod mptable;
+pub mod tap;
 pub mod virtio;
 pub mod vm;
 pub mod x86;

@@ -19,8 +19,9 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::devices::{self, MmioBus};
 use crate::legacy::{Legacy, SERIAL_IRQ};
-use crate::virtio::{fs::Fs, rng::Rng};
-use crate::{boot, memory, mptable, x86};
+use crate::tap::Tap;
+use crate::virtio::{fs::Fs, net::Net, rng::Rng, vsock::Vsock};
+use crate::{boot, console, memory, mptable, x86};
 
 /// Where the guest's serial console goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,6 +38,20 @@ pub struct FsShare {
     pub socket: PathBuf,
 }
 
+/// A virtio-net device on an existing tap.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetConfig {
+    pub tap: String,
+    pub mac: [u8; 6],
+}
+
+/// A virtio-vsock device, reached from the host through a Unix socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VsockConfig {
+    pub guest_cid: u64,
+    pub uds: PathBuf,
+}
+
 /// Everything needed to boot one microVM.
 #[derive(Debug, Clone)]
 pub struct VmConfig {
@@ -48,6 +63,8 @@ pub struct VmConfig {
     pub console: Console,
     /// virtio-fs shares, in the order their devices appear.
     pub fs: Vec<FsShare>,
+    pub net: Option<NetConfig>,
+    pub vsock: Option<VsockConfig>,
 }
 
 /// The largest vCPU count okvm configures.
@@ -74,6 +91,10 @@ pub enum Error {
     Devices(#[from] devices::Error),
     #[error(transparent)]
     Fs(#[from] crate::virtio::fs::Error),
+    #[error(transparent)]
+    Tap(#[from] crate::tap::TapError),
+    #[error("{0}")]
+    Vsock(std::io::Error),
     #[error("cannot open console file {path}: {err}")]
     Console { path: PathBuf, err: std::io::Error },
     #[error("cannot {what}: {err}")]
@@ -85,6 +106,8 @@ pub enum Error {
     Setup(String),
     #[error("the guest stopped in an unexpected way: {0}")]
     UnexpectedExit(String),
+    #[error("the guest kernel panicked: {0}")]
+    GuestPanic(String),
 }
 
 /// How the guest ended.
@@ -103,7 +126,7 @@ pub fn run(config: &VmConfig) -> Result<Exit, Error> {
     if config.vcpus == 0 || config.vcpus > MAX_VCPUS {
         return Err(Error::BadVcpus(config.vcpus));
     }
-    let console: Box<dyn Write + Send> = match &config.console {
+    let sink: Box<dyn Write + Send> = match &config.console {
         Console::Stdout => Box::new(std::io::stdout()),
         Console::Off => Box::new(std::io::sink()),
         Console::File(path) => Box::new(File::create(path).map_err(|err| Error::Console {
@@ -111,6 +134,7 @@ pub fn run(config: &VmConfig) -> Result<Exit, Error> {
             err,
         })?),
     };
+    let (console, panic_note) = console::Watched::new(sink);
 
     // Guest RAM is created first so that it is dropped last, after the VM.
     let ram = memory::create(config.mem_mib)?;
@@ -162,10 +186,14 @@ pub fn run(config: &VmConfig) -> Result<Exit, Error> {
         }
         vcpus.push(vcpu);
     }
-    run_vcpus(vcpus, legacy, bus, reset)
+    let exit = run_vcpus(vcpus, legacy, bus, reset)?;
+    match panic_note.get() {
+        Some(line) => Err(Error::GuestPanic(line)),
+        None => Ok(exit),
+    }
 }
 
-/// The virtio devices, in a fixed order: entropy, then the shares.
+/// The virtio devices, in a fixed order: entropy, the shares, vsock, the NIC.
 fn attach_devices(
     config: &VmConfig,
     vm: &VmFd,
@@ -175,6 +203,13 @@ fn attach_devices(
     bus.add(vm, mem, Box::new(Rng::new()))?;
     for share in &config.fs {
         bus.add(vm, mem, Box::new(Fs::new(&share.tag, &share.socket)?))?;
+    }
+    if let Some(v) = &config.vsock {
+        let dev = Vsock::new(v.guest_cid, v.uds.clone()).map_err(Error::Vsock)?;
+        bus.add(vm, mem, Box::new(dev))?;
+    }
+    if let Some(net) = &config.net {
+        bus.add(vm, mem, Box::new(Net::new(Tap::open(&net.tap)?, net.mac)))?;
     }
     Ok(bus)
 }
@@ -424,6 +459,8 @@ mod tests {
             mem_mib: 64,
             console: Console::Off,
             fs: Vec::new(),
+            net: None,
+            vsock: None,
         };
         assert!(matches!(run(&cfg), Err(Error::BadVcpus(9))));
     }

@@ -6,7 +6,9 @@
 
 pub mod fs;
 pub mod mmio;
+pub mod net;
 pub mod rng;
+pub mod vsock;
 pub mod worker;
 
 use std::sync::atomic::{AtomicU32, Ordering};
