@@ -3,6 +3,7 @@
 #   make          set up the machine (idempotent) and build everything
 #   make test     every test tier: lint, unit/integration, test-host harness, end to end
 #   make demo     boot a microVM and show what it printed
+#   make bench    benchmarks (inside the test host), tables into target/okvm/bench/
 #
 # Artifacts: target/release/{okvm,containerd-shim-okvm-v2}, target/okvm/vmlinux,
 # target/okvm/okvm-initrd.img, target/okvm/images/. The guest kernel is cached in
@@ -14,7 +15,7 @@ HOST_TARGET := x86_64-unknown-linux-gnu
 INIT_BIN := target/$(HOST_TARGET)/release/okvm-init
 ARTIFACTS := target/okvm
 
-.PHONY: all setup build rust init initramfs kernel images test lint unit test-testhost test-e2e demo clean
+.PHONY: all setup build rust init initramfs kernel images test lint unit test-testhost test-e2e bench demo clean
 
 all: build
 
@@ -59,7 +60,11 @@ test-testhost: build
 
 # Suites that boot guests, inside one test host.
 test-e2e: build
-	integration/run-suite smoke engines
+	integration/run-suite smoke vmm engines
+
+# Benchmarks: medians and side-by-side ratios measured in one run (docs/performance.md).
+bench: build
+	integration/bench/run
 
 demo: build
 	@scripts/demo

@@ -250,7 +250,7 @@ mod tests {
 
     #[test]
     fn loads_our_vmlinux_with_initrd_and_cmdline() {
-        let ram = memory::create(256).unwrap();
+        let ram = memory::create(256, memory::Sharing::Private).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let initrd = dir.path().join("initrd");
         std::fs::write(&initrd, vec![0x5a; 10_000]).unwrap();
@@ -298,7 +298,7 @@ mod tests {
                     .starts_with("vmlinuz-")
             })
             .expect("a bzImage in /boot (make setup installs linux-image-cloud-amd64)");
-        let ram = memory::create(512).unwrap();
+        let ram = memory::create(512, memory::Sharing::Private).unwrap();
         let l = load(&ram.memory, 512, &boot, None, "console=ttyS0").unwrap();
         assert_eq!(l.entry.0, HIMEM_START + 0x200);
         let p = read_boot_params(&ram.memory).unwrap();
@@ -309,7 +309,7 @@ mod tests {
 
     #[test]
     fn bad_inputs_name_the_problem() {
-        let ram = memory::create(64).unwrap();
+        let ram = memory::create(64, memory::Sharing::Private).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("nope");
         let e = load(&ram.memory, 64, &missing, None, "").unwrap_err();

@@ -137,7 +137,15 @@ pub fn run(config: &VmConfig) -> Result<Exit, Error> {
     let (console, panic_note) = console::Watched::new(sink);
 
     // Guest RAM is created first so that it is dropped last, after the VM.
-    let ram = memory::create(config.mem_mib)?;
+    // Only a vhost-user backend needs to map guest RAM itself.
+    let sharing = if config.fs.is_empty() {
+        memory::Sharing::Private
+    } else {
+        memory::Sharing::Shared
+    };
+    let t0 = std::time::Instant::now();
+    let phase = |what: &str| log::debug!("vm: {what} after {:?}", t0.elapsed());
+    let ram = memory::create(config.mem_mib, sharing)?;
     let kvm_sys = kvm("open /dev/kvm", Kvm::new())?;
     let vm = kvm("create VM", kvm_sys.create_vm())?;
     register_memory(&vm, &ram.memory)?;
@@ -149,7 +157,9 @@ pub fn run(config: &VmConfig) -> Result<Exit, Error> {
     };
     kvm("create PIT", vm.create_pit2(pit))?;
 
+    phase("VM created");
     let bus = Arc::new(attach_devices(config, &vm, &ram.memory)?);
+    phase("devices attached");
     let cmdline = format!("{}{}", config.cmdline, bus.cmdline());
     let loaded = boot::load(
         &ram.memory,
@@ -159,6 +169,7 @@ pub fn run(config: &VmConfig) -> Result<Exit, Error> {
         &cmdline,
     )?;
     mptable::write(&ram.memory, config.vcpus)?;
+    phase("kernel loaded");
 
     let serial_irq = eventfd()?;
     kvm(
@@ -186,6 +197,7 @@ pub fn run(config: &VmConfig) -> Result<Exit, Error> {
         }
         vcpus.push(vcpu);
     }
+    phase("vCPUs set up");
     let exit = run_vcpus(vcpus, legacy, bus, reset)?;
     match panic_note.get() {
         Some(line) => Err(Error::GuestPanic(line)),

@@ -142,7 +142,7 @@ mod tests {
 
     #[test]
     fn long_mode_tables_identity_map_the_first_gib() {
-        let ram = memory::create(64).unwrap();
+        let ram = memory::create(64, memory::Sharing::Private).unwrap();
         let mut sregs = kvm_sregs::default();
         setup_long_mode(&ram.memory, &mut sregs).unwrap();
         assert_eq!(sregs.cr3, PML4_START);
