@@ -104,10 +104,10 @@ impl Drop for RunDir {
 pub fn run(opts: BootOptions) -> anyhow::Result<()> {
     // Fail on a bad kernel before starting any helper process.
     std::fs::metadata(&opts.kernel)
-        .with_context(|| format!("cannot read the kernel {}", opts.kernel.display()))?;
+        .with_context(|| format!("cannot open kernel {}", opts.kernel.display()))?;
     if let Some(initrd) = &opts.initrd {
         std::fs::metadata(initrd)
-            .with_context(|| format!("cannot read the initramfs {}", initrd.display()))?;
+            .with_context(|| format!("cannot open initramfs {}", initrd.display()))?;
     }
     let rundir = RunDir::create()?;
     let mut daemons = Vec::new();
