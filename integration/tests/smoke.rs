@@ -185,3 +185,44 @@ fn okvm_boot_bad_input_is_one_clear_error() {
         assert!(err.contains(needle), "{err}");
     }
 }
+
+/// Debian's own kernel: a compressed bzImage, built with ACPI and modules,
+/// as a user might bring.
+fn debian_bzimage() -> std::path::PathBuf {
+    let mut found: Vec<_> = std::fs::read_dir("/boot")
+        .expect("/boot")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
+        })
+        .collect();
+    found.sort();
+    found
+        .pop()
+        .expect("a bzImage in /boot (make setup installs linux-image-cloud-amd64)")
+}
+
+#[test]
+#[ignore = "boots a guest: runs inside the test host (make test-e2e)"]
+fn okvm_boot_runs_a_distribution_bzimage_to_okvm_init() {
+    require_testhost();
+    let kernel = debian_bzimage();
+    let initrd = artifact("okvm-initrd.img");
+    let (code, out, err) = okvm_boot(&[
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--initrd",
+        initrd.to_str().unwrap(),
+    ]);
+    let line = banner_line(&out, &err);
+    let release = kernel
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .trim_start_matches("vmlinuz-")
+        .to_string();
+    assert!(line.contains(&format!("kernel {release}")), "{line}");
+    assert_eq!(code, Some(0), "{out}\n{err}");
+}

@@ -160,7 +160,7 @@ pub fn run(config: &VmConfig) -> Result<Exit, Error> {
     phase("VM created");
     let bus = Arc::new(attach_devices(config, &vm, &ram.memory)?);
     phase("devices attached");
-    let cmdline = format!("{}{}", config.cmdline, bus.cmdline());
+    let cmdline = full_cmdline(&config.cmdline, &bus.cmdline());
     let loaded = boot::load(
         &ram.memory,
         config.mem_mib,
@@ -203,6 +203,19 @@ pub fn run(config: &VmConfig) -> Result<Exit, Error> {
         Some(line) => Err(Error::GuestPanic(line)),
         None => Ok(exit),
     }
+}
+
+/// The user's command line plus what this machine needs the guest to know:
+/// there are no ACPI tables (a kernel built with ACPI otherwise looks for them
+/// and, as Debian's does, ends up without working serial interrupts), and
+/// where the virtio-mmio devices are.
+fn full_cmdline(user: &str, devices: &str) -> String {
+    let acpi = if user.split_whitespace().any(|w| w.starts_with("acpi=")) {
+        ""
+    } else {
+        " acpi=off"
+    };
+    format!("{user}{acpi}{devices}")
 }
 
 /// The virtio devices, in a fixed order: entropy, the shares, vsock, the NIC.
@@ -459,6 +472,15 @@ mod tests {
         set_lvt(&mut regs, 0x350, 7);
         assert_eq!(regs[0x350] as u8, 0x30);
         assert_eq!(regs[0x351] as u8, 0x07);
+    }
+
+    #[test]
+    fn the_command_line_says_there_is_no_acpi_unless_the_user_did() {
+        assert_eq!(
+            full_cmdline("console=ttyS0", " virtio_mmio.device=4K@0xc0000000:5"),
+            "console=ttyS0 acpi=off virtio_mmio.device=4K@0xc0000000:5"
+        );
+        assert_eq!(full_cmdline("acpi=force", ""), "acpi=force");
     }
 
     #[test]
