@@ -113,18 +113,24 @@ fn okvm_boot(args: &[&str]) -> (Option<i32>, String, String) {
     (out.status.code(), text(&out.stdout), text(&out.stderr))
 }
 
-#[test]
-#[ignore = "boots a guest: runs inside the test host (make test-e2e)"]
-fn okvm_boot_runs_our_kernel_to_okvm_init_and_exits_0() {
-    require_testhost();
-    let kernel = artifact("vmlinux");
+/// `okvm boot` of `kernel` with the okvm-init initramfs and `extra` flags.
+fn okvm_boot_with_init(kernel: &std::path::Path, extra: &[&str]) -> (Option<i32>, String, String) {
     let initrd = artifact("okvm-initrd.img");
-    let (code, out, err) = okvm_boot(&[
+    let mut args = vec![
         "--kernel",
         kernel.to_str().unwrap(),
         "--initrd",
         initrd.to_str().unwrap(),
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    okvm_boot(&args)
+}
+
+#[test]
+#[ignore = "boots a guest: runs inside the test host (make test-e2e)"]
+fn okvm_boot_runs_our_kernel_to_okvm_init_and_exits_0() {
+    require_testhost();
+    let (code, out, err) = okvm_boot_with_init(&artifact("vmlinux"), &[]);
     let line = banner_line(&out, &err);
     assert!(banner::parse_uptime(line).is_some(), "{line}");
     assert_eq!(code, Some(0), "{out}\n{err}");
@@ -138,16 +144,8 @@ fn okvm_boot_runs_our_kernel_to_okvm_init_and_exits_0() {
 fn okvm_boot_brings_several_vcpus_online() {
     require_testhost();
     let kernel = artifact("vmlinux");
-    let initrd = artifact("okvm-initrd.img");
     for n in ["2", "4"] {
-        let (code, out, err) = okvm_boot(&[
-            "--kernel",
-            kernel.to_str().unwrap(),
-            "--initrd",
-            initrd.to_str().unwrap(),
-            "--vcpus",
-            n,
-        ]);
+        let (code, out, err) = okvm_boot_with_init(&kernel, &["--vcpus", n]);
         let line = banner_line(&out, &err);
         assert_eq!(banner::parse_cpus(line), n.parse().ok(), "{line}");
         assert_eq!(code, Some(0), "{out}\n{err}");
@@ -209,13 +207,7 @@ fn debian_bzimage() -> std::path::PathBuf {
 fn okvm_boot_runs_a_distribution_bzimage_to_okvm_init() {
     require_testhost();
     let kernel = debian_bzimage();
-    let initrd = artifact("okvm-initrd.img");
-    let (code, out, err) = okvm_boot(&[
-        "--kernel",
-        kernel.to_str().unwrap(),
-        "--initrd",
-        initrd.to_str().unwrap(),
-    ]);
+    let (code, out, err) = okvm_boot_with_init(&kernel, &[]);
     let line = banner_line(&out, &err);
     let release = kernel
         .file_name()
