@@ -1,8 +1,10 @@
 //! PID 1's duty: reap every child, orphans included, and hand each exit
 //! status to whoever spawned that process.
 //!
-//! Only the reaper calls waitpid. A process is registered under the same lock
-//! that its spawn happens under, so an exit can never arrive before its waiter.
+//! Only the reaper calls waitpid (besides std's spawn, for a child whose exec
+//! failed). Spawning and reaping both happen under one lock, so an exit never
+//! arrives before its waiter, and the reaper never steals the failed child that
+//! std's spawn is about to wait for.
 
 use std::collections::HashMap;
 use std::process::{Child, Command};
@@ -55,6 +57,10 @@ pub fn run() -> ! {
 
 fn reap_all() {
     loop {
+        // waitpid runs under the waiters' lock, which spawn holds across
+        // fork/exec: std's spawn reaps a child whose exec failed itself, and
+        // panics if someone else got there first.
+        let mut waiters = waiters().lock().unwrap_or_else(|e| e.into_inner());
         let status = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
             Ok(WaitStatus::StillAlive) | Err(_) => return,
             Ok(s) => s,
@@ -64,11 +70,8 @@ fn reap_all() {
             WaitStatus::Signaled(pid, sig, _) => (pid, Exit::Signal(sig as i32)),
             _ => continue,
         };
-        let waiter = waiters()
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&pid.as_raw());
-        if let Some(tx) = waiter {
+        if let Some(tx) = waiters.remove(&pid.as_raw()) {
+            drop(waiters);
             let _ = tx.send(exit);
         }
     }

@@ -52,6 +52,7 @@ impl Vm {
         let rootfs = busybox_rootfs(dir.path());
         let uds = dir.path().join("vsock.sock");
         let console = dir.path().join("console.log");
+        let log = dir.path().join("okvm.log");
         let ready_listener = UnixListener::bind(host_port_path(&uds, CONTROL_PORT)).unwrap();
         let child = Command::new(okvm_bin())
             .arg("boot")
@@ -67,12 +68,13 @@ impl Vm {
             .arg(format!("rootfs={}", rootfs.display()))
             .args(extra)
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            .env("OKVM_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("target/release/okvm (make builds it)");
         let mut child = child;
-        let (client, ready) = accept_within(&ready_listener, &mut child, &console, BOOT_TIMEOUT);
+        let (client, ready) = accept_within(&ready_listener, &mut child, &dir, BOOT_TIMEOUT);
         let mut vm = Vm {
             child,
             uds,
@@ -131,15 +133,14 @@ impl Vm {
     }
 
     fn run(&mut self, args: &[&str], stdio: GuestStdio) -> ResponseBody {
-        self.client
-            .request(RequestBody::Run {
-                args: args.iter().map(|s| s.to_string()).collect(),
-                env: vec![],
-                cwd: None,
-                root: Some("/rootfs".into()),
-                stdio,
-            })
-            .expect("control connection")
+        let r = self.client.request(RequestBody::Run {
+            args: args.iter().map(|s| s.to_string()).collect(),
+            env: vec![],
+            cwd: None,
+            root: Some("/rootfs".into()),
+            stdio,
+        });
+        r.unwrap_or_else(|e| panic!("running {args:?}: {e}\n{}", diagnostics(self.dir.path())))
     }
 
     /// Asks okvm-init to power off; returns how `okvm boot` ended.
@@ -147,13 +148,7 @@ impl Vm {
         let r = self.client.request(RequestBody::Shutdown);
         assert!(matches!(r, Ok(ResponseBody::Done)), "{r:?}");
         let st = wait_within(&mut self.child, BOOT_TIMEOUT);
-        let mut err = String::new();
-        self.child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut err)
-            .unwrap();
+        let err = std::fs::read_to_string(self.dir.path().join("okvm.log")).unwrap_or_default();
         (st, err)
     }
 }
@@ -165,10 +160,20 @@ impl Drop for Vm {
     }
 }
 
+/// okvm's log and the guest's console, for a failure message.
+fn diagnostics(dir: &Path) -> String {
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
+    format!(
+        "okvm log:\n{}\nconsole:\n{}",
+        read("okvm.log"),
+        read("console.log")
+    )
+}
+
 fn accept_within(
     listener: &UnixListener,
     child: &mut Child,
-    console: &Path,
+    dir: &tempfile::TempDir,
     limit: Duration,
 ) -> (Client, Event) {
     listener.set_nonblocking(true).unwrap();
@@ -180,22 +185,15 @@ fn accept_within(
             Err(e) => panic!("accept: {e}"),
         }
         if let Some(st) = child.try_wait().unwrap() {
-            let mut err = String::new();
-            child
-                .stderr
-                .take()
-                .unwrap()
-                .read_to_string(&mut err)
-                .unwrap();
             panic!(
-                "okvm boot exited ({st}) before okvm-init was ready: {err}\nconsole:\n{}",
-                std::fs::read_to_string(console).unwrap_or_default()
+                "okvm boot exited ({st}) before okvm-init was ready\n{}",
+                diagnostics(dir.path())
             );
         }
         assert!(
             Instant::now() < deadline,
-            "okvm-init not ready within {limit:?}; console:\n{}",
-            std::fs::read_to_string(console).unwrap_or_default()
+            "okvm-init not ready within {limit:?}\n{}",
+            diagnostics(dir.path())
         );
         std::thread::sleep(Duration::from_millis(5));
     }

@@ -24,6 +24,8 @@ pub struct Watched<W> {
     inner: W,
     line: Vec<u8>,
     note: PanicNote,
+    /// When the VMM started, to log when the guest first spoke (boot profiling).
+    started: Option<std::time::Instant>,
 }
 
 impl<W: Write> Watched<W> {
@@ -34,12 +36,16 @@ impl<W: Write> Watched<W> {
                 inner,
                 line: Vec::new(),
                 note: note.clone(),
+                started: Some(std::time::Instant::now()),
             },
             note,
         )
     }
 
     fn scan(&mut self, bytes: &[u8]) {
+        if let Some(t) = self.started.take() {
+            log::debug!("vm: first console output after {:?}", t.elapsed());
+        }
         for &b in bytes {
             if b == b'\n' {
                 let line = String::from_utf8_lossy(&self.line);

@@ -331,7 +331,9 @@ fn vcpu_loop<W: Write>(
         match vcpu.run() {
             Ok(VcpuExit::IoOut(port, data)) => {
                 lock().pio_write(port, data);
-                if reset.read().is_ok() {
+                // Only the i8042 can ask for a reset; checking after every
+                // console byte would add a system call to each exit.
+                if port == crate::legacy::I8042_COMMAND && reset.read().is_ok() {
                     return Ok(Exit::Reset);
                 }
             }
