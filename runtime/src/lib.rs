@@ -6,4 +6,5 @@ pub mod guest;
 pub mod initramfs;
 pub mod kvm_check;
 pub mod logger;
+pub mod state;
 pub mod virtiofsd;
