@@ -2,6 +2,7 @@
 //! `containerd-shim-okvm-v2`) share.
 
 pub mod boot;
+pub mod cli;
 pub mod guest;
 pub mod initramfs;
 pub mod kvm_check;

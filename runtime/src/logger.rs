@@ -1,11 +1,62 @@
-//! A plain stderr logger for the `log` facade: one line per record, prefixed
-//! like okvm's own error lines so users can tell whose message it is.
+//! The logger behind the `log` facade: stderr by default, or the file `--log`
+//! names (conmon and containerd read the runtime's errors from there), as text
+//! lines or, with `--log-format json`, as runc's JSON lines
+//! (`{"level":…,"msg":…,"time":…}`).
 
 use std::io::Write;
+use std::path::Path;
+use std::sync::Mutex;
 
-struct Stderr;
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Text,
+    Json,
+}
 
-impl log::Log for Stderr {
+impl std::str::FromStr for Format {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "text" => Ok(Format::Text),
+            "json" => Ok(Format::Json),
+            other => Err(format!("unknown log format {other:?}: use text or json")),
+        }
+    }
+}
+
+struct Logger {
+    sink: Mutex<Box<dyn Write + Send>>,
+    format: Format,
+}
+
+fn level_name(level: log::Level) -> &'static str {
+    match level {
+        log::Level::Error => "error",
+        log::Level::Warn => "warning",
+        log::Level::Info => "info",
+        log::Level::Debug => "debug",
+        log::Level::Trace => "trace",
+    }
+}
+
+/// One record as a line in `format`.
+pub fn line(format: Format, level: log::Level, msg: &str, unix_time: f64) -> String {
+    match format {
+        Format::Text => format!("okvm: {}: {msg}\n", level_name(level)),
+        Format::Json => {
+            let level = match level {
+                log::Level::Warn => "warning",
+                l => level_name(l),
+            };
+            format!(
+                "{}\n",
+                serde_json::json!({ "level": level, "msg": msg, "time": unix_time })
+            )
+        }
+    }
+}
+
+impl log::Log for Logger {
     fn enabled(&self, metadata: &log::Metadata) -> bool {
         metadata.level() <= log::max_level()
     }
@@ -14,28 +65,71 @@ impl log::Log for Stderr {
         if !self.enabled(record.metadata()) {
             return;
         }
-        let level = match record.level() {
-            log::Level::Error => "error",
-            log::Level::Warn => "warning",
-            log::Level::Info => "info",
-            log::Level::Debug => "debug",
-            log::Level::Trace => "trace",
-        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        let text = line(self.format, record.level(), &record.args().to_string(), now);
         // One write per line, so lines from several threads do not interleave.
-        let line = format!("okvm: {level}: {}\n", record.args());
-        let _ = std::io::stderr().lock().write_all(line.as_bytes());
+        let mut sink = self.sink.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = sink.write_all(text.as_bytes());
+        let _ = sink.flush();
     }
 
     fn flush(&self) {}
 }
 
-/// Installs the logger; `OKVM_LOG` (error, warn, info, debug, trace) overrides `default`.
-pub fn init(default: log::LevelFilter) {
+/// Installs the logger. `OKVM_LOG` (error, warn, info, debug, trace) overrides
+/// `default`. A log file that cannot be opened falls back to stderr, with a
+/// warning there.
+pub fn init(default: log::LevelFilter, file: Option<&Path>, format: Format) {
     let level = std::env::var("OKVM_LOG")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default);
-    if log::set_logger(&Stderr).is_ok() {
+    let mut warning = None;
+    let sink: Box<dyn Write + Send> = match file {
+        Some(path) => match std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            Ok(f) => Box::new(f),
+            Err(e) => {
+                warning = Some(format!("cannot open log file {}: {e}", path.display()));
+                Box::new(std::io::stderr())
+            }
+        },
+        None => Box::new(std::io::stderr()),
+    };
+    let logger = Logger {
+        sink: Mutex::new(sink),
+        format,
+    };
+    // Leaked on purpose: the logger lives as long as the process.
+    if log::set_logger(Box::leak(Box::new(logger))).is_ok() {
         log::set_max_level(level);
+    }
+    if let Some(w) = warning {
+        log::warn!("{w}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_in_both_formats() {
+        assert_eq!(
+            line(Format::Text, log::Level::Warn, "careful", 0.0),
+            "okvm: warning: careful\n"
+        );
+        let j: serde_json::Value =
+            serde_json::from_str(&line(Format::Json, log::Level::Error, "boom \"x\"", 1.5))
+                .unwrap();
+        assert_eq!(j["level"], "error");
+        assert_eq!(j["msg"], "boom \"x\"");
+        assert_eq!(j["time"], 1.5);
+        assert!("yaml".parse::<Format>().is_err());
     }
 }

@@ -9,16 +9,27 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(
     name = "okvm",
-    version,
-    about = "OCI runtime that runs each container as a KVM microVM"
+    about = "OCI runtime that runs each container as a KVM microVM",
+    disable_version_flag = true,
+    subcommand_required = false,
+    arg_required_else_help = true
 )]
 struct Cli {
+    #[command(flatten)]
+    global: liboci_cli::GlobalOpts,
+    /// Print the version (runc's format).
+    #[arg(short = 'v', long)]
+    version: bool,
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 #[derive(Subcommand)]
 enum Command {
+    #[command(flatten)]
+    Standard(Box<liboci_cli::StandardCmd>),
+    #[command(flatten)]
+    Common(Box<liboci_cli::CommonCmd>),
     /// Say in one line whether /dev/kvm is usable at hardware speed; exit 0 if so, 1 if not.
     CheckKvm,
     /// Boot a kernel in a microVM in the foreground; exit 0 when the guest powers off.
@@ -73,19 +84,97 @@ struct BootArgs {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    okvm::logger::init(log::LevelFilter::Warn);
-    match run(cli.command) {
-        Ok(code) => code,
+    let cli = parse();
+    let format = match cli.global.log_format.as_deref().unwrap_or("text").parse() {
+        Ok(f) => f,
         Err(e) => {
+            eprintln!("okvm: error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let level = if cli.global.debug {
+        log::LevelFilter::Debug
+    } else {
+        log::LevelFilter::Warn
+    };
+    okvm::logger::init(level, cli.global.log.as_deref(), format);
+    if cli.version {
+        println!(
+            "okvm version {}\nspec: {}",
+            env!("CARGO_PKG_VERSION"),
+            okvm::cli::OCI_VERSION
+        );
+        return ExitCode::SUCCESS;
+    }
+    let cli_log_is_file = cli.global.log.is_some();
+    let ctx = okvm::cli::Context::new(cli.global.root.clone());
+    let Some(command) = cli.command else {
+        eprintln!("okvm: error: no command given (okvm --help lists them)");
+        return ExitCode::from(2);
+    };
+    match run(&ctx, command) {
+        Ok(code) => code,
+        // runc exits 1 on any error; usage errors (clap) exit 2.
+        Err(e) => {
+            // On stderr for a person, and in the log for conmon/containerd,
+            // which read the runtime's error from the --log file.
             eprintln!("okvm: error: {e:#}");
-            ExitCode::from(2)
+            if cli_log_is_file {
+                log::error!("{e:#}");
+            }
+            ExitCode::from(1)
         }
     }
 }
 
-fn run(command: Command) -> anyhow::Result<ExitCode> {
+/// The command line, with liboci-cli's help texts put in okvm's words.
+fn parse() -> Cli {
+    use clap::{CommandFactory, FromArgMatches};
+    let cmd = Cli::command()
+        .mut_arg("log", |a| {
+            a.help("Write okvm's log to this file instead of stderr")
+        })
+        .mut_arg("debug", |a| a.help("Log at debug level"))
+        .mut_arg("log_format", |a| {
+            a.help("Log format: text (default) or json")
+        })
+        .mut_arg("systemd_cgroup", |a| {
+            a.help("Accepted for runc compatibility (the VM is the boundary)")
+        })
+        // liboci-cli spells it "checkpointt"; okvm cannot checkpoint anyway.
+        .mut_subcommand("checkpointt", |c| c.hide(true));
+    let matches = cmd.get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
+/// runc's verbs that are still to come (issue 4) say so plainly.
+fn not_yet(verb: &str) -> anyhow::Result<ExitCode> {
+    anyhow::bail!("`{verb}` is not implemented yet")
+}
+
+fn run(ctx: &okvm::cli::Context, command: Command) -> anyhow::Result<ExitCode> {
+    use liboci_cli::{CommonCmd, StandardCmd};
     match command {
+        Command::Standard(cmd) => match *cmd {
+            StandardCmd::State(a) => okvm::cli::state::run(ctx, a).map(|()| ExitCode::SUCCESS),
+            StandardCmd::Create(_) => not_yet("create"),
+            StandardCmd::Start(_) => not_yet("start"),
+            StandardCmd::Kill(_) => not_yet("kill"),
+            StandardCmd::Delete(_) => not_yet("delete"),
+        },
+        Command::Common(cmd) => match *cmd {
+            CommonCmd::List(a) => okvm::cli::list::run(ctx, a).map(|()| ExitCode::SUCCESS),
+            CommonCmd::Spec(a) => okvm::cli::spec::run(a).map(|()| ExitCode::SUCCESS),
+            CommonCmd::Features(_) => okvm::cli::features::run().map(|()| ExitCode::SUCCESS),
+            CommonCmd::Exec(_) => not_yet("exec"),
+            CommonCmd::Run(_) => not_yet("run"),
+            CommonCmd::Ps(_) => not_yet("ps"),
+            CommonCmd::Pause(_) => not_yet("pause"),
+            CommonCmd::Resume(_) => not_yet("resume"),
+            CommonCmd::Events(_) => not_yet("events"),
+            CommonCmd::Update(_) => not_yet("update"),
+            CommonCmd::Checkpointt(_) => not_yet("checkpoint"),
+        },
         Command::CheckKvm => {
             let verdict = okvm::kvm_check::check(&okvm::kvm_check::Probe::default());
             println!("{verdict}");

@@ -100,7 +100,7 @@ fn initramfs_with_missing_init_fails_cleanly() {
         .arg(&img)
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8(out.stderr).unwrap();
     assert_eq!(err.lines().count(), 1, "{err:?}");
     assert!(err.contains("/nonexistent/okvm-init"), "{err:?}");
