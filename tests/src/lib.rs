@@ -1,5 +1,7 @@
 //! Helpers for tests that drive okvm's binaries as a user would.
 
+pub mod oci;
+
 use std::path::PathBuf;
 
 /// The workspace's target directory's profile dir holding the binaries under test
