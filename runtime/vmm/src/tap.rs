@@ -124,7 +124,9 @@ impl Tap {
         self.check(r, "setting offloads (TUNSETOFFLOAD)")
     }
 
-    fn attach(&self) -> Result<(), TapError> {
+    /// TUNSETIFF as a tap with vnet headers: attaches to the interface, or
+    /// creates it if it does not exist.
+    fn set_iff(&self) -> io::Result<()> {
         let mut ifr = self.ifreq();
         ifr.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as i16;
         // SAFETY: TUNSETIFF reads and writes back one `ifreq`, which lives on
@@ -137,7 +139,13 @@ impl Tap {
             )
         };
         if r < 0 {
-            let source = io::Error::last_os_error();
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    fn attach(&self) -> Result<(), TapError> {
+        if let Err(source) = self.set_iff() {
             let hint = match source.raw_os_error() {
                 Some(libc::EBUSY) => " (it is in use by another process)",
                 Some(libc::EINVAL) => {
@@ -298,28 +306,23 @@ pub(crate) mod tests {
         .expect("the namespace thread panicked")
     }
 
-    /// What the networking layer does: a persistent tap nobody is attached to.
-    pub(crate) fn create_persistent_tap(name: &str) {
+    /// A tun fd for `name` that is not attached to anything yet.
+    fn unattached(name: &str) -> Tap {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .open("/dev/net/tun")
             .expect("open /dev/net/tun");
-        let tap = Tap {
+        Tap {
             file,
             name: name.to_string(),
-        };
-        let mut ifr = tap.ifreq();
-        ifr.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as i16;
-        // SAFETY: TUNSETIFF reads and writes back the `ifreq` on our stack.
-        let r = unsafe {
-            libc::ioctl(
-                tap.file.as_raw_fd(),
-                libc::TUNSETIFF,
-                &mut ifr as *mut libc::ifreq,
-            )
-        };
-        assert!(r >= 0, "TUNSETIFF: {}", io::Error::last_os_error());
+        }
+    }
+
+    /// What the networking layer does: a persistent tap nobody is attached to.
+    pub(crate) fn create_persistent_tap(name: &str) {
+        let tap = unattached(name);
+        tap.set_iff().expect("TUNSETIFF");
         // SAFETY: TUNSETPERSIST takes its argument by value.
         let r = unsafe {
             libc::ioctl(
@@ -374,15 +377,7 @@ pub(crate) mod tests {
         // The lookup said yes, then the interface went: TUNSETIFF creates a
         // new, transient one, which must be refused and must not survive.
         let Some((result, exists_after)) = in_new_netns(|| {
-            let file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open("/dev/net/tun")
-                .expect("open /dev/net/tun");
-            let tap = Tap {
-                file,
-                name: "okvm-race0".to_string(),
-            };
+            let tap = unattached("okvm-race0");
             let result = tap.attach();
             drop(tap);
             (result, nix::net::if_::if_nametoindex("okvm-race0").is_ok())
