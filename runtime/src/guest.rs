@@ -58,12 +58,9 @@ pub fn connect(uds: &Path, port: u32) -> Result<UnixStream, Error> {
     Ok(s)
 }
 
-/// Where the VMM connects when the guest dials host `port`.
-pub fn host_port_path(uds: &Path, port: u32) -> PathBuf {
-    let mut p = uds.as_os_str().to_owned();
-    p.push(format!("_{port}"));
-    p.into()
-}
+/// Where the VMM connects when the guest dials host `port` (the device's own
+/// rule, so both sides agree).
+pub use okvm_vmm::virtio::vsock::host_port_path;
 
 /// A control connection to okvm-init.
 pub struct Client {

@@ -41,6 +41,8 @@ use unix::BoundPath;
 
 pub use connection::BUF_ALLOC;
 pub use muxer::{HOST_PORT_FIRST, MAX_CONNECTIONS};
+/// Where a host process listens for the guest's connections to host `port`.
+pub use unix::port_path as host_port_path;
 
 /// virtio device ID of a socket device.
 pub const DEVICE_TYPE: u32 = 19;
