@@ -51,12 +51,7 @@ impl VirtioDevice for Rng {
         ) else {
             return Err(ActivateError("virtio-rng needs its request queue".into()));
         };
-        let handler = RngHandler {
-            mem: a.mem,
-            queue,
-            event,
-            interrupt: a.interrupt.clone(),
-        };
+        let handler = RngHandler::new(a.mem, queue, event, a.interrupt.clone());
         let worker = Worker::spawn("rng", handler, a.interrupt)
             .map_err(|e| ActivateError(format!("cannot start the virtio-rng thread: {e}")))?;
         self.worker = Some(worker);
@@ -73,22 +68,33 @@ struct RngHandler {
     queue: Queue,
     event: EventFd,
     interrupt: Interrupt,
+    /// Reused for every request, so serving allocates nothing.
+    buf: Vec<u8>,
 }
 
 impl RngHandler {
+    fn new(mem: GuestMemoryMmap, queue: Queue, event: EventFd, interrupt: Interrupt) -> Self {
+        RngHandler {
+            mem,
+            queue,
+            event,
+            interrupt,
+            buf: vec![0u8; MAX_PER_REQUEST],
+        }
+    }
+
     /// Fills every available request; returns whether any was used.
     fn serve(&mut self) -> Result<bool, String> {
         let mut used_any = false;
-        let mut buf = vec![0u8; MAX_PER_REQUEST];
         while let Some(chain) = self.queue.pop_descriptor_chain(&self.mem) {
             let head = chain.head_index();
             let written = match Writer::new(&self.mem, chain) {
                 Ok(mut w) => {
                     let n = w.available_bytes().min(MAX_PER_REQUEST);
-                    fill_random(&mut buf[..n]).map_err(|e| format!("getrandom: {e}"))?;
+                    fill_random(&mut self.buf[..n]).map_err(|e| format!("getrandom: {e}"))?;
                     // A chain into memory that vanished is the driver's bug: give
                     // back what was written and go on.
-                    w.write_all(&buf[..n]).map(|()| n).unwrap_or(0)
+                    w.write_all(&self.buf[..n]).map(|()| n).unwrap_or(0)
                 }
                 Err(e) => {
                     log::warn!("virtio-rng: dropping a bad request: {e}");
@@ -158,12 +164,12 @@ mod tests {
         let vq = MockSplitQueue::new(m, 16);
         vq.add_desc_chains(descs, 0).unwrap();
         let queue: Queue = vq.create_queue().unwrap();
-        let h = RngHandler {
-            mem: m.clone(),
+        let h = RngHandler::new(
+            m.clone(),
             queue,
-            event: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
-            interrupt: Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()),
-        };
+            EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+            Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()),
+        );
         (h, vq)
     }
 
