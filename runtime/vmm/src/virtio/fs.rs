@@ -205,7 +205,7 @@ impl VirtioDevice for Fs {
             calls,
             interrupt: a.interrupt.clone(),
         };
-        let worker = Worker::spawn("fs", relay, a.interrupt)
+        let worker = Worker::spawn(super::device_name(DEVICE_TYPE), relay, a.interrupt)
             .map_err(|e| ActivateError(format!("cannot start the virtio-fs thread: {e}")))?;
         self.worker = Some(worker);
         Ok(())

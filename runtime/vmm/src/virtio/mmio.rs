@@ -44,8 +44,6 @@ pub struct MmioTransport {
     status: u32,
     config_generation: u32,
     activated: bool,
-    /// Why the device stopped, for the VMM's log.
-    pub broken: Option<String>,
 }
 
 impl MmioTransport {
@@ -73,7 +71,6 @@ impl MmioTransport {
             status: 0,
             config_generation: 0,
             activated: false,
-            broken: None,
         })
     }
 
@@ -270,13 +267,15 @@ impl MmioTransport {
         }
     }
 
+    /// Why the device stopped (refused set-up, or its worker gave up).
+    pub fn broken(&self) -> Option<String> {
+        self.interrupt.broken()
+    }
+
     fn fail(&mut self, why: &str) {
-        log::error!(
-            "virtio device type {}: set-up refused: {why}",
-            self.device.device_type()
-        );
+        let name = super::device_name(self.device.device_type());
+        self.interrupt.record_broken(name, why);
         self.status |= STATUS_NEEDS_RESET | STATUS_FAILED;
-        self.broken = Some(why.to_string());
     }
 
     fn reset(&mut self) {
@@ -290,7 +289,6 @@ impl MmioTransport {
         self.queue_sel = 0;
         self.ready_at_activation.clear();
         self.interrupt.clear();
-        self.broken = None;
         // Drain notifications of the old incarnation.
         for evt in &self.queue_events {
             let _ = evt.read();
@@ -422,7 +420,7 @@ mod tests {
             log.lock().unwrap().activated,
             Some((2, VIRTIO_F_VERSION_1 | 1))
         );
-        assert!(t.broken.is_none());
+        assert!(t.broken().is_none());
         wr(&mut t, 0x050, 1);
         wr(&mut t, 0x050, 9); // out of range: ignored
         {
@@ -473,11 +471,7 @@ mod tests {
         wr(&mut t, 0x070, 0xf);
         assert!(log.lock().unwrap().activated.is_none());
         assert_ne!(t.status() & STATUS_FAILED, 0);
-        assert!(t
-            .broken
-            .as_deref()
-            .unwrap()
-            .contains("outside guest memory"));
+        assert!(t.broken().unwrap().contains("outside guest memory"));
     }
 
     proptest! {

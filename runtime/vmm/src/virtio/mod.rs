@@ -52,13 +52,19 @@ impl Interrupt {
     /// The device stops serving because of what the driver did: record why,
     /// log it once, and tell the driver (NEEDS_RESET, config interrupt).
     pub fn fail(&self, device: &str, why: &str) {
+        self.record_broken(device, why);
+        let _ = self.signal(INT_CONFIG);
+    }
+
+    /// Records (and logs, the first time) why the device stopped, without
+    /// interrupting the guest: for refusals the driver sees in the status it
+    /// is reading anyway.
+    pub fn record_broken(&self, device: &str, why: &str) {
         let mut broken = self.broken.lock().unwrap_or_else(|e| e.into_inner());
         if broken.is_none() {
             log::error!("virtio-{device}: device marked broken: {why}");
             *broken = Some(why.to_string());
         }
-        drop(broken);
-        let _ = self.signal(INT_CONFIG);
     }
 
     /// Why the device broke, if it did.
@@ -73,6 +79,17 @@ impl Interrupt {
     pub fn clear(&self) {
         self.status.store(0, Ordering::SeqCst);
         *self.broken.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+}
+
+/// A device type's short name, as its worker thread and log lines use it.
+pub fn device_name(device_type: u32) -> &'static str {
+    match device_type {
+        1 => "net",
+        4 => "rng",
+        19 => "vsock",
+        26 => "fs",
+        _ => "device",
     }
 }
 

@@ -223,7 +223,7 @@ impl VirtioDevice for Net {
             tx_event,
             registered: EventSet::empty(),
         };
-        let worker = Worker::spawn("net", handler, interrupt)
+        let worker = Worker::spawn(super::device_name(DEVICE_TYPE), handler, interrupt)
             .map_err(|e| refuse(&format!("cannot start the worker thread: {e}")))?;
         self.worker = Some(worker);
         Ok(())

@@ -52,7 +52,7 @@ impl VirtioDevice for Rng {
             return Err(ActivateError("virtio-rng needs its request queue".into()));
         };
         let handler = RngHandler::new(a.mem, queue, event, a.interrupt.clone());
-        let worker = Worker::spawn("rng", handler, a.interrupt)
+        let worker = Worker::spawn(super::device_name(DEVICE_TYPE), handler, a.interrupt)
             .map_err(|e| ActivateError(format!("cannot start the virtio-rng thread: {e}")))?;
         self.worker = Some(worker);
         Ok(())

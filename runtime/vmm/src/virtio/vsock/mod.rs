@@ -187,7 +187,7 @@ impl VirtioDevice for Vsock {
             tx_event,
         };
         let handler = VsockHandler::new(mem, queues, interrupt.clone(), muxer);
-        let worker = Worker::spawn("vsock", handler, interrupt)
+        let worker = Worker::spawn(crate::virtio::device_name(DEVICE_TYPE), handler, interrupt)
             .map_err(|e| ActivateError(format!("cannot start the vsock thread: {e}")))?;
         self.worker = Some(worker);
         Ok(())
