@@ -5,32 +5,13 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use okvm_vmm::vm::{Console, FsShare, NetConfig, VmConfig, VsockConfig};
+use okvm_vmm::vm::{FsShare, VmConfig};
 
 /// Every okvm guest is CID 3: each VM has its own vsock device and socket, so
 /// CIDs never meet (the first CID a guest may have).
 pub const GUEST_CID: u64 = 3;
 
 use crate::virtiofsd::{self, Virtiofsd};
-
-/// What `okvm boot` was asked for.
-#[derive(Debug, Clone)]
-pub struct BootOptions {
-    pub kernel: PathBuf,
-    pub initrd: Option<PathBuf>,
-    pub cmdline: String,
-    pub vcpus: u8,
-    pub mem_mib: u64,
-    pub console: Console,
-    /// (tag, host directory) pairs, one virtio-fs device each.
-    pub shares: Vec<(String, PathBuf)>,
-    /// The host side of the guest's vsock device (hybrid vsock socket).
-    pub vsock_uds: Option<PathBuf>,
-    /// An existing tap to give the guest a NIC on.
-    pub tap: Option<String>,
-    /// The NIC's MAC; derived from the tap's name when not given.
-    pub mac: Option<[u8; 6]>,
-}
 
 /// A `xx:xx:xx:xx:xx:xx` argument; it must be a unicast address.
 pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
@@ -100,49 +81,32 @@ impl Drop for RunDir {
     }
 }
 
-/// Boots the guest and returns when it powers off or resets.
-pub fn run(opts: BootOptions) -> anyhow::Result<()> {
+/// Boots `vm` with one virtiofsd per (tag, host directory) in `shares`, and
+/// returns when the guest powers off or resets. `vm.fs` is filled in here.
+pub fn run(mut vm: VmConfig, shares: &[(String, PathBuf)]) -> anyhow::Result<()> {
     // Fail on a bad kernel before starting any helper process.
-    std::fs::metadata(&opts.kernel)
-        .with_context(|| format!("cannot open kernel {}", opts.kernel.display()))?;
-    if let Some(initrd) = &opts.initrd {
+    std::fs::metadata(&vm.kernel)
+        .with_context(|| format!("cannot open kernel {}", vm.kernel.display()))?;
+    if let Some(initrd) = &vm.initrd {
         std::fs::metadata(initrd)
             .with_context(|| format!("cannot open initramfs {}", initrd.display()))?;
     }
     let rundir = RunDir::create()?;
     let mut daemons = Vec::new();
-    let mut fs = Vec::new();
-    if !opts.shares.is_empty() {
+    if !shares.is_empty() {
         let bin = virtiofsd::find()?;
-        for (i, (tag, dir)) in opts.shares.iter().enumerate() {
+        for (i, (tag, dir)) in shares.iter().enumerate() {
             let socket = rundir.0.join(format!("fs{i}.sock"));
             let log = rundir.0.join(format!("fs{i}.log"));
             let d = Virtiofsd::start(&bin, dir, &socket, &log)?;
-            fs.push(FsShare {
+            vm.fs.push(FsShare {
                 tag: tag.clone(),
                 socket: d.socket().into(),
             });
             daemons.push(d);
         }
     }
-    let config = VmConfig {
-        kernel: opts.kernel,
-        initrd: opts.initrd,
-        cmdline: opts.cmdline,
-        vcpus: opts.vcpus,
-        mem_mib: opts.mem_mib,
-        console: opts.console,
-        fs,
-        vsock: opts.vsock_uds.map(|uds| VsockConfig {
-            guest_cid: GUEST_CID,
-            uds,
-        }),
-        net: opts.tap.map(|tap| NetConfig {
-            mac: opts.mac.unwrap_or_else(|| mac_for(&tap)),
-            tap,
-        }),
-    };
-    let result = okvm_vmm::vm::run(&config);
+    let result = okvm_vmm::vm::run(&vm);
     // The daemons go before the run directory that holds their sockets.
     drop(daemons);
     drop(rundir);

@@ -196,18 +196,24 @@ fn run(ctx: &okvm::cli::Context, command: Command) -> anyhow::Result<ExitCode> {
                 "off" => okvm_vmm::vm::Console::Off,
                 path => okvm_vmm::vm::Console::File(path.into()),
             };
-            okvm::boot::run(okvm::boot::BootOptions {
+            let vm = okvm_vmm::vm::VmConfig {
                 kernel: a.kernel,
                 initrd: a.initrd,
                 cmdline: a.cmdline,
                 vcpus: a.vcpus,
                 mem_mib: a.mem,
                 console,
-                shares: a.shares,
-                vsock_uds: a.vsock_uds,
-                tap: a.tap,
-                mac: a.mac,
-            })?;
+                fs: Vec::new(),
+                vsock: a.vsock_uds.map(|uds| okvm_vmm::vm::VsockConfig {
+                    guest_cid: okvm::boot::GUEST_CID,
+                    uds,
+                }),
+                net: a.tap.map(|tap| okvm_vmm::vm::NetConfig {
+                    mac: a.mac.unwrap_or_else(|| okvm::boot::mac_for(&tap)),
+                    tap,
+                }),
+            };
+            okvm::boot::run(vm, &a.shares)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Initramfs { init, output } => {
