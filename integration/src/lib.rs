@@ -9,7 +9,8 @@
 //!   hardware virtualization and real guests boot.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
 
 /// The repository this test binary was built from.
 pub fn repo_root() -> PathBuf {
@@ -55,4 +56,35 @@ pub fn testhost(args: &[&str]) -> Output {
 /// Lossy text of a captured stream, for assertions and failure messages.
 pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// The `okvm` binary `make` builds.
+pub fn okvm_bin() -> PathBuf {
+    repo_root().join("target/release/okvm")
+}
+
+/// Runs `okvm boot ARGS...` to its end: (exit code, stdout, stderr).
+pub fn okvm_boot(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(okvm_bin())
+        .arg("boot")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("target/release/okvm (make builds it)");
+    (out.status.code(), text(&out.stdout), text(&out.stderr))
+}
+
+/// Waits for `child` to end; kills it and fails the test after `limit`.
+pub fn wait_within(child: &mut Child, limit: Duration, what: &str) -> ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(st) = child.try_wait().expect("waitpid") {
+            return st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{what} did not end within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }

@@ -5,10 +5,10 @@
 
 use std::io::Read;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use okvm_init::banner;
-use okvm_integration::{artifact, require_testhost, text};
+use okvm_integration::{artifact, okvm_boot, require_testhost, text, wait_within};
 
 /// Boots vmlinux + initrd under QEMU microvm/KVM and returns (exit code, console).
 fn qemu_boot(cmdline: &str, initrd: &std::path::Path) -> (Option<i32>, String) {
@@ -42,17 +42,7 @@ fn qemu_boot(cmdline: &str, initrd: &std::path::Path) -> (Option<i32>, String) {
         .stderr(Stdio::piped())
         .spawn()
         .expect("qemu-system-x86_64 (apt install qemu-system-x86)");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        if Instant::now() > deadline {
-            child.kill().ok();
-            panic!("the guest did not power off within 120 s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = wait_within(&mut child, Duration::from_secs(120), "the QEMU guest");
     let mut out = Vec::new();
     child.stdout.take().unwrap().read_to_end(&mut out).unwrap();
     let mut err = Vec::new();
@@ -99,18 +89,6 @@ fn banner_line<'a>(out: &'a str, err: &str) -> &'a str {
     out.lines()
         .find(|l| l.contains(banner::PREFIX))
         .unwrap_or_else(|| panic!("no okvm-init banner in the console:\n{out}\n{err}"))
-}
-
-/// Runs `okvm boot` (okvm's own VMM), returning (exit code, stdout, stderr).
-fn okvm_boot(args: &[&str]) -> (Option<i32>, String, String) {
-    let okvm = okvm_integration::repo_root().join("target/release/okvm");
-    let out = Command::new(okvm)
-        .arg("boot")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("target/release/okvm (make builds it)");
-    (out.status.code(), text(&out.stdout), text(&out.stderr))
 }
 
 /// `okvm boot` of `kernel` with the okvm-init initramfs and `extra` flags.

@@ -10,14 +10,10 @@ use std::time::{Duration, Instant};
 
 use okvm::guest::{host_port_path, Client};
 use okvm_init::banner;
-use okvm_integration::{artifact, repo_root, require_testhost, text};
+use okvm_integration::{artifact, okvm_bin, okvm_boot, require_testhost, text, wait_within};
 use okvm_protocol::{Event, RequestBody, ResponseBody, Stdio as GuestStdio, CONTROL_PORT};
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
-
-fn okvm_bin() -> PathBuf {
-    repo_root().join("target/release/okvm")
-}
 
 /// A directory holding the busybox test image's files, to share as a rootfs.
 fn busybox_rootfs(dir: &Path) -> PathBuf {
@@ -147,7 +143,7 @@ impl Vm {
     fn shutdown(mut self) -> (ExitStatus, String) {
         let r = self.client.request(RequestBody::Shutdown);
         assert!(matches!(r, Ok(ResponseBody::Done)), "{r:?}");
-        let st = wait_within(&mut self.child, BOOT_TIMEOUT);
+        let st = wait_within(&mut self.child, BOOT_TIMEOUT, "okvm boot");
         let err = std::fs::read_to_string(self.dir.path().join("okvm.log")).unwrap_or_default();
         (st, err)
     }
@@ -196,20 +192,6 @@ fn accept_within(
             diagnostics(dir.path())
         );
         std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
-fn wait_within(child: &mut Child, limit: Duration) -> ExitStatus {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            return st;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("okvm boot did not end within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -332,13 +314,8 @@ fn vsock_moves_megabytes_each_way_intact() {
 
 /// Runs `okvm boot` to its end; returns (exit code, stderr).
 fn okvm_boot_to_end(args: &[&str]) -> (Option<i32>, String) {
-    let out = Command::new(okvm_bin())
-        .arg("boot")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    (out.status.code(), text(&out.stderr))
+    let (code, _out, err) = okvm_boot(args);
+    (code, err)
 }
 
 #[test]

@@ -10,12 +10,12 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use okvm_init::banner;
-use okvm_integration::{artifact, repo_root};
+use okvm_integration::{artifact, okvm_bin};
 
 const MEM_MIB: u64 = 256;
 
 fn okvm(extra_cmdline: &str) -> Command {
-    let mut c = Command::new(repo_root().join("target/release/okvm"));
+    let mut c = Command::new(okvm_bin());
     c.arg("boot")
         .arg("--kernel")
         .arg(artifact("vmlinux"))
