@@ -59,8 +59,73 @@ pub enum RequestBody {
         #[serde(default)]
         stdio: Stdio,
     },
+    /// Prepare the container process up to the point of exec (runc's
+    /// `create`): build its root from the share, apply the OCI process, and
+    /// wait for [`RequestBody::Start`]. Answered with [`ResponseBody::Created`],
+    /// or an error such as an executable that is not in the image.
+    Create {
+        container: Box<ContainerSpec>,
+        stdio: Stdio,
+    },
+    /// Let the created container process exec.
+    Start,
+    /// Answer with [`ResponseBody::Exited`] once process `pid` ends (the
+    /// container process when `pid` is None). Several waits may be pending.
+    Wait { pid: Option<u32> },
+    /// Start another process in the running container (`okvm exec`), answered
+    /// with [`ResponseBody::Started`]; its end is learnt with [`RequestBody::Wait`].
+    Exec {
+        process: Box<oci_spec::runtime::Process>,
+        stdio: Stdio,
+    },
+    /// Deliver `signal` to process `pid` (the container process when None),
+    /// or with `all` to every process of the container.
+    Signal {
+        pid: Option<u32>,
+        signal: i32,
+        #[serde(default)]
+        all: bool,
+    },
+    /// The terminal of process `pid` (the container's when None) changed size.
+    Resize {
+        pid: Option<u32>,
+        rows: u16,
+        cols: u16,
+    },
+    /// The container's processes, answered with [`ResponseBody::Pids`].
+    Processes,
     /// Power the guest off.
     Shutdown,
+}
+
+/// What okvm-init needs to build the container: the parts of the bundle's
+/// config.json that apply inside the guest, with host paths already turned
+/// into paths inside the sandbox's virtio-fs share.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerSpec {
+    /// The container id (for messages).
+    pub id: String,
+    /// The virtio-fs tag of the sandbox's share.
+    pub share_tag: String,
+    /// The rootfs, relative to the share's root.
+    pub rootfs: String,
+    /// `root.readonly`.
+    #[serde(default)]
+    pub readonly: bool,
+    pub hostname: Option<String>,
+    /// The spec's mounts, in order. A bind mount's `source` is relative to the
+    /// share's root (the host side put the host path there).
+    #[serde(default)]
+    pub mounts: Vec<oci_spec::runtime::Mount>,
+    pub process: oci_spec::runtime::Process,
+    /// `linux.maskedPaths` and `linux.readonlyPaths`.
+    #[serde(default)]
+    pub masked_paths: Vec<String>,
+    #[serde(default)]
+    pub readonly_paths: Vec<String>,
+    /// `linux.sysctl`, applied in the guest.
+    #[serde(default)]
+    pub sysctl: std::collections::BTreeMap<String, String>,
 }
 
 /// Where a command's stdin, stdout and stderr go.
@@ -79,6 +144,10 @@ pub enum Stdio {
         stdout: Option<u32>,
         stderr: Option<u32>,
     },
+    /// A terminal: okvm-init makes a pty in the guest, gives the process its
+    /// slave as controlling terminal and stdio, and carries the master's
+    /// bytes both ways over one stream to host `port`.
+    Terminal { port: u32, rows: u16, cols: u16 },
 }
 
 /// Guest -> host, answering the request with the same id.
@@ -105,6 +174,18 @@ pub enum ResponseBody {
         truncated: bool,
     },
     Done,
+    /// The container process is prepared and waits for Start.
+    Created {
+        pid: u32,
+    },
+    /// An exec'd process runs.
+    Started {
+        pid: u32,
+    },
+    /// The container's processes (guest pids).
+    Pids {
+        pids: Vec<u32>,
+    },
     Error {
         message: String,
     },

@@ -34,6 +34,16 @@ enum Command {
     CheckKvm,
     /// Boot a kernel in a microVM in the foreground; exit 0 when the guest powers off.
     Boot(BootArgs),
+    /// The sandbox process `create` starts (internal).
+    #[command(hide = true)]
+    Sandbox {
+        #[arg(long)]
+        id: String,
+        #[arg(long)]
+        bundle: PathBuf,
+        #[arg(long)]
+        console_socket: Option<PathBuf>,
+    },
     /// Pack okvm-init into the guest's uncompressed initramfs.
     Initramfs {
         /// The static okvm-init binary.
@@ -97,7 +107,20 @@ fn main() -> ExitCode {
     } else {
         log::LevelFilter::Warn
     };
-    okvm::logger::init(level, cli.global.log.as_deref(), format);
+    // The sandbox's stdio belong to the container: without --log it logs
+    // into its state directory.
+    let log_file = match (&cli.command, &cli.global.log) {
+        (Some(Command::Sandbox { id, .. }), None) => Some(
+            cli.global
+                .root
+                .clone()
+                .unwrap_or_else(|| okvm::state::DEFAULT_ROOT.into())
+                .join(id)
+                .join(okvm::sandbox::LOG),
+        ),
+        (_, log) => log.clone(),
+    };
+    okvm::logger::init(level, log_file.as_deref(), format);
     if cli.version {
         println!(
             "okvm version {}\nspec: {}",
@@ -107,7 +130,10 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let cli_log_is_file = cli.global.log.is_some();
-    let ctx = okvm::cli::Context::new(cli.global.root.clone());
+    let mut ctx = okvm::cli::Context::new(cli.global.root.clone());
+    ctx.log = cli.global.log.clone();
+    ctx.log_format = cli.global.log_format.clone();
+    ctx.debug = cli.global.debug;
     let Some(command) = cli.command else {
         eprintln!("okvm: error: no command given (okvm --help lists them)");
         return ExitCode::from(2);
@@ -147,34 +173,52 @@ fn parse() -> Cli {
     Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
 }
 
-/// runc's verbs that are still to come (issue 4) say so plainly.
-fn not_yet(verb: &str) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`{verb}` is not implemented yet")
+/// runc's verbs okvm does not offer say so plainly.
+fn not_supported(verb: &str, why: &str) -> anyhow::Result<ExitCode> {
+    anyhow::bail!("`{verb}` is not supported by okvm: {why}")
+}
+
+fn done(r: anyhow::Result<()>) -> anyhow::Result<ExitCode> {
+    r.map(|()| ExitCode::SUCCESS)
 }
 
 fn run(ctx: &okvm::cli::Context, command: Command) -> anyhow::Result<ExitCode> {
     use liboci_cli::{CommonCmd, StandardCmd};
     match command {
         Command::Standard(cmd) => match *cmd {
-            StandardCmd::State(a) => okvm::cli::state::run(ctx, a).map(|()| ExitCode::SUCCESS),
-            StandardCmd::Create(_) => not_yet("create"),
-            StandardCmd::Start(_) => not_yet("start"),
-            StandardCmd::Kill(_) => not_yet("kill"),
-            StandardCmd::Delete(_) => not_yet("delete"),
+            StandardCmd::State(a) => done(okvm::cli::state::run(ctx, a)),
+            StandardCmd::Create(a) => done(okvm::cli::create::run(ctx, a)),
+            StandardCmd::Start(a) => done(okvm::cli::start::run(ctx, a)),
+            StandardCmd::Kill(a) => done(okvm::cli::kill::run(ctx, a)),
+            StandardCmd::Delete(a) => done(okvm::cli::delete::run(ctx, a)),
         },
         Command::Common(cmd) => match *cmd {
-            CommonCmd::List(a) => okvm::cli::list::run(ctx, a).map(|()| ExitCode::SUCCESS),
-            CommonCmd::Spec(a) => okvm::cli::spec::run(a).map(|()| ExitCode::SUCCESS),
-            CommonCmd::Features(_) => okvm::cli::features::run().map(|()| ExitCode::SUCCESS),
-            CommonCmd::Exec(_) => not_yet("exec"),
-            CommonCmd::Run(_) => not_yet("run"),
-            CommonCmd::Ps(_) => not_yet("ps"),
-            CommonCmd::Pause(_) => not_yet("pause"),
-            CommonCmd::Resume(_) => not_yet("resume"),
-            CommonCmd::Events(_) => not_yet("events"),
-            CommonCmd::Update(_) => not_yet("update"),
-            CommonCmd::Checkpointt(_) => not_yet("checkpoint"),
+            CommonCmd::List(a) => done(okvm::cli::list::run(ctx, a)),
+            CommonCmd::Spec(a) => done(okvm::cli::spec::run(a)),
+            CommonCmd::Features(_) => done(okvm::cli::features::run()),
+            CommonCmd::Exec(a) => okvm::cli::exec::run(ctx, a),
+            CommonCmd::Run(a) => okvm::cli::run::run(ctx, a),
+            CommonCmd::Ps(a) => done(okvm::cli::ps::run(ctx, a)),
+            CommonCmd::Pause(a) => done(okvm::cli::pause::pause(ctx, a)),
+            CommonCmd::Resume(a) => done(okvm::cli::pause::resume(ctx, a)),
+            CommonCmd::Events(_) => {
+                not_supported("events", "there are no cgroup statistics on the host")
+            }
+            CommonCmd::Update(_) => not_supported("update", "a running VM is not resized yet"),
+            CommonCmd::Checkpointt(_) => {
+                not_supported("checkpoint", "VM snapshots are not implemented")
+            }
         },
+        Command::Sandbox {
+            id,
+            bundle,
+            console_socket,
+        } => okvm::sandbox::main(okvm::sandbox::Args {
+            root: ctx.root.clone(),
+            id,
+            bundle,
+            console_socket,
+        }),
         Command::CheckKvm => {
             let verdict = okvm::kvm_check::check(&okvm::kvm_check::Probe::default());
             println!("{verdict}");

@@ -220,9 +220,25 @@ impl Container {
         std::fs::rename(&tmp, &path).map_err(|e| io("cannot replace", e))
     }
 
-    /// The state, after checking that `action` is allowed in it.
+    /// The recorded state, corrected by what is true now: a container whose
+    /// sandbox process is gone has stopped, whatever the file says.
+    pub fn current(&self) -> Result<State, Error> {
+        let mut state = self.load()?;
+        if matches!(
+            state.status,
+            Status::Created | Status::Running | Status::Paused
+        ) {
+            let sandbox = crate::procs::Procs::load(&self.dir).sandbox;
+            if !sandbox.is_some_and(|p| p.alive()) {
+                state.status = Status::Stopped;
+            }
+        }
+        Ok(state)
+    }
+
+    /// The current state, after checking that `action` is allowed in it.
     pub fn check(&self, action: Action) -> Result<State, Error> {
-        let state = self.load()?;
+        let state = self.current()?;
         if state.status.allows(action) {
             Ok(state)
         } else {
@@ -325,6 +341,16 @@ mod tests {
         c.save(&state("c1", Status::Created)).unwrap();
         let c = Container::open(root.path(), "c1").unwrap();
         assert_eq!(c.load().unwrap(), state("c1", Status::Created));
+        // No live sandbox: it has stopped, whatever the file says.
+        assert_eq!(c.current().unwrap().status, Status::Stopped);
+        let sandbox = crate::procs::Proc::me();
+        crate::procs::Procs {
+            sandbox: Some(sandbox),
+            helpers: vec![],
+        }
+        .save(&c.dir)
+        .unwrap();
+        assert_eq!(c.current().unwrap().status, Status::Created);
         let e = c.check(Action::Resume).unwrap_err().to_string();
         assert_eq!(e, "cannot resume container c1: it is created");
         c.check(Action::Start).unwrap();

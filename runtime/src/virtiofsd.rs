@@ -128,6 +128,10 @@ impl Virtiofsd {
     pub fn socket(&self) -> &Path {
         &self.socket
     }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
 }
 
 impl Drop for Virtiofsd {

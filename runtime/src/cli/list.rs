@@ -6,7 +6,7 @@ use crate::state::{self, State};
 pub fn run(ctx: &Context, args: liboci_cli::List) -> anyhow::Result<()> {
     let states: Vec<State> = state::list(&ctx.root)?
         .iter()
-        .filter_map(|c| c.load().ok())
+        .filter_map(|c| c.current().ok())
         .collect();
     print!("{}", render(&states, &args.format, args.quiet)?);
     Ok(())

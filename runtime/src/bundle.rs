@@ -1,0 +1,344 @@
+//! An OCI bundle, checked, and turned into what the sandbox needs: the VM's
+//! size, the files to put in its virtio-fs share, and the container as
+//! okvm-init must build it.
+//!
+//! Host paths never reach the guest: the rootfs and every bind-mount source
+//! are placed in the share (under `rootfs` and `mounts/<n>`), and the guest is
+//! told those share-relative names.
+
+use std::path::{Path, PathBuf};
+
+use oci_spec::runtime::{Mount, Spec};
+use okvm_protocol::ContainerSpec;
+
+/// The virtio-fs tag of a sandbox's share.
+pub const SHARE_TAG: &str = "okvm";
+/// Defaults when the spec sets no limits (shared/DESIGN.md, "Guest").
+pub const DEFAULT_VCPUS: u8 = 1;
+pub const DEFAULT_MEM_MIB: u64 = 256;
+/// The guest kernel needs this much to boot and run a shell comfortably.
+pub const MIN_MEM_MIB: u64 = 128;
+pub const MAX_VCPUS: u8 = 8;
+/// Annotations that size the VM, overriding the spec's resources.
+pub const ANNOTATION_VCPUS: &str = "io.okvm.vcpus";
+pub const ANNOTATION_MEM: &str = "io.okvm.memory_mib";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("bundle {0} does not exist or is not a directory")]
+    NoBundle(PathBuf),
+    #[error("bundle {0} has no config.json")]
+    NoConfig(PathBuf),
+    #[error("cannot parse {path}: {err}")]
+    BadConfig { path: PathBuf, err: String },
+    #[error("config.json has no root")]
+    NoRoot,
+    #[error("rootfs {0} does not exist or is not a directory")]
+    NoRootfs(PathBuf),
+    #[error("config.json has no process")]
+    NoProcess,
+    #[error("config.json: process.args is empty")]
+    NoArgs,
+    #[error("mount {dest}: bind source {path} does not exist")]
+    NoSource { dest: String, path: PathBuf },
+    #[error("mount {0}: a bind mount needs a source")]
+    NoSourceGiven(String),
+    #[error("annotation {key}={value:?} is not a valid number")]
+    BadAnnotation { key: String, value: String },
+}
+
+/// One host file or directory placed in the share.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShareEntry {
+    /// Path inside the share.
+    pub name: String,
+    pub source: PathBuf,
+    pub readonly: bool,
+    pub recursive: bool,
+}
+
+/// Everything the sandbox derives from the bundle.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub container: ContainerSpec,
+    pub entries: Vec<ShareEntry>,
+    pub vcpus: u8,
+    pub mem_mib: u64,
+    pub terminal: bool,
+}
+
+pub struct Bundle {
+    pub dir: PathBuf,
+    pub spec: Spec,
+    pub rootfs: PathBuf,
+}
+
+impl Bundle {
+    /// Reads and checks `dir/config.json`, as `create` must before anything
+    /// is started.
+    pub fn load(dir: &Path) -> Result<Bundle, Error> {
+        if !dir.is_dir() {
+            return Err(Error::NoBundle(dir.into()));
+        }
+        let dir = std::fs::canonicalize(dir).map_err(|_| Error::NoBundle(dir.into()))?;
+        let path = dir.join("config.json");
+        if !path.is_file() {
+            return Err(Error::NoConfig(dir));
+        }
+        let bytes = std::fs::read(&path).map_err(|e| Error::BadConfig {
+            path: path.clone(),
+            err: e.to_string(),
+        })?;
+        let spec: Spec = serde_json::from_slice(&bytes).map_err(|e| Error::BadConfig {
+            path: path.clone(),
+            err: e.to_string(),
+        })?;
+        let root = spec.root().as_ref().ok_or(Error::NoRoot)?;
+        let rootfs = if root.path().is_absolute() {
+            root.path().clone()
+        } else {
+            dir.join(root.path())
+        };
+        if !rootfs.is_dir() {
+            return Err(Error::NoRootfs(rootfs));
+        }
+        let process = spec.process().as_ref().ok_or(Error::NoProcess)?;
+        if process.args().as_ref().map_or(true, |a| a.is_empty()) {
+            return Err(Error::NoArgs);
+        }
+        Ok(Bundle { dir, spec, rootfs })
+    }
+
+    pub fn annotations(&self) -> std::collections::BTreeMap<String, String> {
+        self.spec
+            .annotations()
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .collect()
+    }
+
+    /// The sandbox's plan for container `id`.
+    pub fn plan(&self, id: &str) -> Result<Plan, Error> {
+        let spec = &self.spec;
+        let process = spec.process().clone().ok_or(Error::NoProcess)?;
+        let mut entries = vec![ShareEntry {
+            name: "rootfs".into(),
+            source: self.rootfs.clone(),
+            // The guest makes the root read-only; the share stays writable
+            // so that the spec's mounts can be prepared on it.
+            readonly: false,
+            recursive: true,
+        }];
+        let mut mounts = Vec::new();
+        for (i, m) in spec.mounts().iter().flatten().enumerate() {
+            let mut m = m.clone();
+            if is_bind(&m) {
+                let dest = m.destination().display().to_string();
+                let source = m
+                    .source()
+                    .clone()
+                    .ok_or_else(|| Error::NoSourceGiven(dest.clone()))?;
+                let source = if source.is_absolute() {
+                    source
+                } else {
+                    self.dir.join(source)
+                };
+                if std::fs::metadata(&source).is_err() {
+                    return Err(Error::NoSource { dest, path: source });
+                }
+                let name = format!("mounts/{i}");
+                let opts = m.options().clone().unwrap_or_default();
+                entries.push(ShareEntry {
+                    name: name.clone(),
+                    source,
+                    readonly: opts.iter().any(|o| o == "ro"),
+                    recursive: opts.iter().any(|o| o == "rbind"),
+                });
+                m.set_source(Some(name.into()));
+            }
+            mounts.push(m);
+        }
+        let linux = spec.linux().as_ref();
+        let annotations = self.annotations();
+        let (vcpus, mem_mib) = size(spec, &annotations)?;
+        let container = ContainerSpec {
+            id: id.into(),
+            share_tag: SHARE_TAG.into(),
+            rootfs: "rootfs".into(),
+            readonly: spec
+                .root()
+                .as_ref()
+                .and_then(|r| r.readonly())
+                .unwrap_or(false),
+            hostname: spec.hostname().clone(),
+            mounts,
+            process,
+            masked_paths: linux
+                .and_then(|l| l.masked_paths().clone())
+                .unwrap_or_default(),
+            readonly_paths: linux
+                .and_then(|l| l.readonly_paths().clone())
+                .unwrap_or_default(),
+            sysctl: linux
+                .and_then(|l| l.sysctl().clone())
+                .unwrap_or_default()
+                .into_iter()
+                .collect(),
+        };
+        Ok(Plan {
+            terminal: container.process.terminal().unwrap_or(false),
+            container,
+            entries,
+            vcpus,
+            mem_mib,
+        })
+    }
+}
+
+fn is_bind(m: &Mount) -> bool {
+    m.typ().as_deref() == Some("bind")
+        || m.options()
+            .iter()
+            .flatten()
+            .any(|o| o == "bind" || o == "rbind")
+}
+
+/// vCPUs and MiB: annotations first, then `linux.resources` (podman's
+/// `--cpus` becomes a CFS quota, `--memory` a limit), then the defaults.
+fn size(
+    spec: &Spec,
+    annotations: &std::collections::BTreeMap<String, String>,
+) -> Result<(u8, u64), Error> {
+    let number = |key: &str| -> Result<Option<u64>, Error> {
+        annotations
+            .get(key)
+            .map(|v| {
+                v.trim().parse::<u64>().map_err(|_| Error::BadAnnotation {
+                    key: key.into(),
+                    value: v.clone(),
+                })
+            })
+            .transpose()
+    };
+    let resources = spec.linux().as_ref().and_then(|l| l.resources().as_ref());
+    let cpu = resources.and_then(|r| r.cpu().as_ref());
+    let from_quota = cpu.and_then(|c| match (c.quota(), c.period()) {
+        (Some(q), Some(p)) if q > 0 && p > 0 => Some((q as u64).div_ceil(p)),
+        _ => None,
+    });
+    let from_cpuset = cpu.and_then(|c| c.cpus().as_deref()).and_then(cpuset_count);
+    let vcpus = number(ANNOTATION_VCPUS)?
+        .or(from_quota)
+        .or(from_cpuset)
+        .unwrap_or(DEFAULT_VCPUS as u64)
+        .clamp(1, MAX_VCPUS as u64) as u8;
+    let from_limit = resources
+        .and_then(|r| r.memory().as_ref())
+        .and_then(|m| m.limit())
+        .filter(|l| *l > 0)
+        .map(|l| (l as u64).div_ceil(1 << 20));
+    let mem_mib = number(ANNOTATION_MEM)?
+        .or(from_limit)
+        .unwrap_or(DEFAULT_MEM_MIB)
+        .max(MIN_MEM_MIB);
+    Ok((vcpus, mem_mib))
+}
+
+/// How many CPUs a cpuset string such as "0-2,4" names.
+fn cpuset_count(s: &str) -> Option<u64> {
+    let mut n = 0;
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        n += match part.split_once('-') {
+            Some((a, b)) => b.parse::<u64>().ok()?.checked_sub(a.parse().ok()?)? + 1,
+            None => {
+                part.parse::<u64>().ok()?;
+                1
+            }
+        };
+    }
+    (n > 0).then_some(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bundle(config: &str) -> (tempfile::TempDir, Result<Bundle, Error>) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("rootfs")).unwrap();
+        std::fs::write(dir.path().join("config.json"), config).unwrap();
+        let b = Bundle::load(dir.path());
+        (dir, b)
+    }
+
+    const BASE: &str = r#"{"ociVersion":"1.2.0","root":{"path":"rootfs"},
+        "process":{"args":["sh"],"cwd":"/","user":{"uid":0,"gid":0}}"#;
+
+    #[test]
+    fn bad_bundles_say_what_is_wrong() {
+        let e = Bundle::load(Path::new("/nonexistent/bundle"))
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("does not exist"), "{e}");
+        let (_d, b) = bundle("{not json");
+        assert!(b.err().unwrap().to_string().starts_with("cannot parse"));
+        let (_d, b) = bundle(
+            r#"{"ociVersion":"1.2.0","root":{"path":"nowhere"},"process":{"args":["sh"],"cwd":"/","user":{"uid":0,"gid":0}}}"#,
+        );
+        assert!(matches!(b, Err(Error::NoRootfs(_))));
+        let (_d, b) = bundle(r#"{"ociVersion":"1.2.0","root":{"path":"rootfs"}}"#);
+        assert!(matches!(b, Err(Error::NoProcess)));
+    }
+
+    #[test]
+    fn binds_go_into_the_share_and_resources_size_the_vm() {
+        let host = tempfile::tempdir().unwrap();
+        let config = format!(
+            r#"{BASE},"mounts":[{{"destination":"/proc","type":"proc","source":"proc"}},
+               {{"destination":"/data","type":"bind","source":"{}","options":["rbind","ro"]}}],
+               "linux":{{"resources":{{"memory":{{"limit":536870912}},"cpu":{{"quota":150000,"period":100000}}}}}}}}"#,
+            host.path().display()
+        );
+        let (_d, b) = bundle(&config);
+        let plan = b.unwrap().plan("c1").unwrap();
+        assert_eq!((plan.vcpus, plan.mem_mib), (2, 512));
+        assert_eq!(plan.entries.len(), 2);
+        assert_eq!(plan.entries[1].name, "mounts/1");
+        assert!(plan.entries[1].readonly && plan.entries[1].recursive);
+        let m = &plan.container.mounts[1];
+        assert_eq!(m.source().as_deref(), Some(Path::new("mounts/1")));
+        assert_eq!(
+            plan.container.mounts[0].source().as_deref(),
+            Some(Path::new("proc"))
+        );
+    }
+
+    #[test]
+    fn a_missing_bind_source_is_named() {
+        let config = format!(
+            r#"{BASE},"mounts":[{{"destination":"/data","type":"bind","source":"/no/such/dir","options":["bind"]}}]}}"#
+        );
+        let (_d, b) = bundle(&config);
+        let e = b.unwrap().plan("c").unwrap_err().to_string();
+        assert!(e.contains("/no/such/dir"), "{e}");
+    }
+
+    #[test]
+    fn defaults_annotations_and_cpusets() {
+        let (_d, b) = bundle(&format!("{BASE}}}"));
+        let p = b.unwrap().plan("c").unwrap();
+        assert_eq!((p.vcpus, p.mem_mib), (DEFAULT_VCPUS, DEFAULT_MEM_MIB));
+        let (_d, b) = bundle(&format!(
+            r#"{BASE},"annotations":{{"io.okvm.vcpus":"3","io.okvm.memory_mib":"64"}}}}"#
+        ));
+        let p = b.unwrap().plan("c").unwrap();
+        assert_eq!((p.vcpus, p.mem_mib), (3, MIN_MEM_MIB));
+        let (_d, b) = bundle(&format!(
+            r#"{BASE},"annotations":{{"io.okvm.vcpus":"x"}}}}"#
+        ));
+        assert!(b.unwrap().plan("c").is_err());
+        assert_eq!(cpuset_count("0-2,4"), Some(4));
+        assert_eq!(cpuset_count("3-1"), None);
+    }
+}

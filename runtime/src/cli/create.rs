@@ -1,0 +1,191 @@
+//! `okvm create`: check the bundle, claim the state directory, start the
+//! sandbox process, and return once the container process waits for `start`.
+
+use std::io::Read;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context as _};
+
+use super::Context;
+use crate::bundle::Bundle;
+use crate::sandbox::{self, Outcome};
+use crate::state::{Container, State, Status};
+
+pub struct Options<'a> {
+    pub id: &'a str,
+    pub bundle: &'a Path,
+    pub console_socket: Option<&'a Path>,
+    pub pid_file: Option<&'a Path>,
+}
+
+pub fn run(ctx: &Context, args: liboci_cli::Create) -> anyhow::Result<()> {
+    create(
+        ctx,
+        &Options {
+            id: &args.container_id,
+            bundle: &args.bundle,
+            console_socket: args.console_socket.as_deref(),
+            pid_file: args.pid_file.as_deref(),
+        },
+    )
+    .map(drop)
+}
+
+/// Creates the container; returns the sandbox process's pid.
+pub fn create(ctx: &Context, opts: &Options) -> anyhow::Result<u32> {
+    crate::state::validate_id(opts.id)?;
+    // Everything that can be checked is checked before anything is made.
+    let bundle = Bundle::load(opts.bundle)?;
+    bundle.plan(opts.id)?;
+    let container = Container::create(&ctx.root, opts.id)?;
+    let result = start_sandbox(ctx, &container, &bundle, opts);
+    match result {
+        Ok(pid) => Ok(pid),
+        Err(e) => {
+            // Nothing of a failed create stays behind.
+            super::delete::destroy(container);
+            Err(e)
+        }
+    }
+}
+
+fn start_sandbox(
+    ctx: &Context,
+    container: &Container,
+    bundle: &Bundle,
+    opts: &Options,
+) -> anyhow::Result<u32> {
+    let mut state = State {
+        oci_version: super::OCI_VERSION.into(),
+        id: opts.id.into(),
+        status: Status::Creating,
+        pid: None,
+        bundle: bundle.dir.clone(),
+        annotations: bundle.annotations(),
+        created: now_rfc3339(),
+    };
+    container.save(&state)?;
+
+    let (read, write) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("cannot make the sync pipe")?;
+    let mut cmd = Command::new(std::env::current_exe().context("cannot find okvm itself")?);
+    cmd.arg("--root").arg(&ctx.root);
+    if let Some(log) = &ctx.log {
+        cmd.arg("--log").arg(log);
+    }
+    if let Some(format) = &ctx.log_format {
+        cmd.arg("--log-format").arg(format);
+    }
+    if ctx.debug {
+        cmd.arg("--debug");
+    }
+    cmd.arg("sandbox")
+        .arg("--id")
+        .arg(opts.id)
+        .arg("--bundle")
+        .arg(&bundle.dir);
+    if let Some(sock) = opts.console_socket {
+        cmd.arg("--console-socket").arg(absolute(sock));
+    }
+    let raw = write.as_raw_fd();
+    // SAFETY: dup2 is async-signal-safe; the new fd 3 loses O_CLOEXEC, so
+    // the sandbox inherits exactly that one end of the pipe.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(raw, sandbox::SYNC_FD) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().context("cannot start the sandbox process")?;
+    drop(write);
+    let pid = child.id();
+    let outcome = read_outcome(read);
+    match outcome {
+        Some(Outcome { error: None }) => {}
+        Some(Outcome { error: Some(e) }) => bail!("{e}"),
+        None => bail!(
+            "the sandbox process ended during start-up{}",
+            log_hint(&container.dir)
+        ),
+    }
+    // The sandbox lives on without us; it is conmon's (or init's) child now.
+    std::mem::forget(child);
+    if let Some(p) = opts.pid_file {
+        write_pid_file(p, pid)?;
+    }
+    state.status = Status::Created;
+    state.pid = Some(pid as i32);
+    container.save(&state)?;
+    Ok(pid)
+}
+
+fn read_outcome(read: OwnedFd) -> Option<Outcome> {
+    let mut buf = Vec::new();
+    std::fs::File::from(read).read_to_end(&mut buf).ok()?;
+    serde_json::from_slice(&buf).ok()
+}
+
+fn log_hint(dir: &Path) -> String {
+    let log = dir.join(sandbox::LOG);
+    std::fs::read_to_string(&log)
+        .ok()
+        .and_then(|s| s.lines().last().map(|l| format!(": {l}")))
+        .unwrap_or_default()
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.into())
+}
+
+/// Written atomically, as runc does: conmon may read it at any moment.
+pub fn write_pid_file(path: &Path, pid: u32) -> anyhow::Result<()> {
+    let path = absolute(path);
+    let tmp = path.with_file_name(format!(
+        ".{}.okvm-tmp",
+        path.file_name().unwrap_or_default().to_string_lossy()
+    ));
+    std::fs::write(&tmp, pid.to_string())
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .with_context(|| format!("cannot write pid file {}", path.display()))
+}
+
+/// RFC 3339 in UTC with nanoseconds, like runc's `created`.
+pub fn now_rfc3339() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = now.as_secs() as i64;
+    let (days, rem) = (secs.div_euclid(86400), secs.rem_euclid(86400));
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:09}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        now.subsec_nanos()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn timestamps_are_rfc3339() {
+        let t = super::now_rfc3339();
+        assert_eq!(t.len(), 30, "{t}");
+        assert!(t.starts_with("20") && t.ends_with('Z') && t.as_bytes()[10] == b'T');
+    }
+}

@@ -1,0 +1,52 @@
+//! `okvm delete [--force]`: stop what runs, then remove everything the
+//! container had on the host.
+
+use std::time::Duration;
+
+use super::Context;
+use crate::procs::Procs;
+use crate::state::{Action, Container, Error, Status};
+
+/// How long a killed process may take to disappear.
+const KILL_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub fn run(ctx: &Context, args: liboci_cli::Delete) -> anyhow::Result<()> {
+    let container = match Container::open(&ctx.root, &args.container_id) {
+        Ok(c) => c,
+        // runc: --force on a container that does not exist is not an error.
+        Err(Error::NotFound(_)) if args.force => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    let action = if args.force {
+        Action::ForceDelete
+    } else {
+        Action::Delete
+    };
+    let state = container.check(action)?;
+    if state.status != Status::Stopped {
+        log::debug!("deleting {} container {}", state.status, container.id);
+    }
+    destroy(container);
+    Ok(())
+}
+
+/// Kills every process the container's sandbox recorded (the sandbox, and
+/// virtiofsd, which would die with it anyway), then removes the state
+/// directory. The share's mounts lived in the sandbox's own mount namespace
+/// and are gone with it.
+pub fn destroy(container: Container) {
+    let procs = Procs::load(&container.dir);
+    for p in procs.all() {
+        if !p.kill_and_wait(KILL_TIMEOUT) {
+            log::warn!(
+                "container {}: process {} did not exit after SIGKILL",
+                container.id,
+                p.pid
+            );
+        }
+    }
+    let id = container.id.clone();
+    if let Err(e) = container.remove() {
+        log::warn!("container {id}: {e}");
+    }
+}

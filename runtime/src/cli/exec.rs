@@ -1,0 +1,196 @@
+//! `okvm exec`: run another process in a running container.
+//!
+//! okvm-init starts the process in the container; this side is its proxy on
+//! the host: it carries the process's stdio (or terminal), passes on the
+//! signals it receives, and exits as the process did. With `--detach` the
+//! proxy forks into the background and `--pid-file` names it, which is how
+//! conmon runs `podman exec` and learns the exit code.
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context as _};
+use oci_spec::runtime::{Process, User};
+use okvm_protocol::{RequestBody, ResponseBody};
+
+use super::create::write_pid_file;
+use super::Context;
+use crate::bundle::Bundle;
+use crate::guest::Client;
+use crate::relay;
+use crate::sandbox::{exit_like, relay_signals, relayed_signals, VSOCK};
+use crate::state::{Action, Container};
+
+const STREAM_TIMEOUT: Duration = Duration::from_secs(30);
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub fn run(ctx: &Context, args: liboci_cli::Exec) -> anyhow::Result<ExitCode> {
+    let container = Container::open(&ctx.root, &args.container_id)?;
+    let state = container.check(Action::Exec)?;
+    let process = process_for(&args, &state.bundle)?;
+    let uds = container.dir.join(VSOCK);
+    let console = args.console_socket.as_deref();
+    if process.terminal().unwrap_or(false) && console.is_none() {
+        bail!("exec with a terminal needs --console-socket");
+    }
+    if !args.detach {
+        let _ = relayed_signals().thread_block();
+        let proxy = Proxy::start(&uds, process, console)?;
+        if let Some(p) = &args.pid_file {
+            write_pid_file(p, std::process::id())?;
+        }
+        proxy.run();
+    }
+    let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    // SAFETY: this process is single-threaded here (no thread was started
+    // before), so the child may run arbitrary code after fork.
+    match unsafe { nix::unistd::fork() }.context("cannot fork the exec proxy")? {
+        nix::unistd::ForkResult::Child => {
+            drop(read);
+            let _ = relayed_signals().thread_block();
+            let _ = nix::unistd::setsid();
+            let mut sync = std::fs::File::from(write);
+            match Proxy::start(&uds, process, console) {
+                Ok(proxy) => {
+                    let _ = sync.write_all(b"ok");
+                    drop(sync);
+                    proxy.run()
+                }
+                Err(e) => {
+                    let _ = sync.write_all(format!("{e:#}").as_bytes());
+                    std::process::exit(1)
+                }
+            }
+        }
+        nix::unistd::ForkResult::Parent { child } => {
+            drop(write);
+            let mut msg = String::new();
+            std::fs::File::from(read).read_to_string(&mut msg)?;
+            if msg != "ok" {
+                let _ = nix::sys::wait::waitpid(child, None);
+                if msg.is_empty() {
+                    bail!("the exec proxy ended during start-up");
+                }
+                bail!("{msg}");
+            }
+            if let Some(p) = &args.pid_file {
+                write_pid_file(p, child.as_raw() as u32)?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// The process to run: `--process` as given, or the container's own process
+/// with the command line's args and flags applied (as runc builds it).
+fn process_for(args: &liboci_cli::Exec, bundle: &Path) -> anyhow::Result<Process> {
+    if let Some(path) = &args.process {
+        let bytes =
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        return serde_json::from_slice(&bytes)
+            .with_context(|| format!("cannot parse {}", path.display()));
+    }
+    if args.command.is_empty() {
+        bail!("exec needs a command, or --process");
+    }
+    let spec = Bundle::load(bundle)?.spec;
+    let mut p = spec.process().clone().unwrap_or_default();
+    p.set_args(Some(args.command.clone()));
+    p.set_terminal(Some(args.tty));
+    let mut env = p.env().clone().unwrap_or_default();
+    env.extend(args.env.iter().map(|(k, v)| format!("{k}={v}")));
+    p.set_env(Some(env));
+    if let Some(cwd) = &args.cwd {
+        p.set_cwd(cwd.clone());
+    }
+    if let Some((uid, gid)) = args.user {
+        let mut user = User::default();
+        user.set_uid(uid);
+        user.set_gid(gid.unwrap_or(0));
+        if !args.additional_gids.is_empty() {
+            user.set_additional_gids(Some(args.additional_gids.clone()));
+        }
+        p.set_user(user);
+    }
+    if args.no_new_privs {
+        p.set_no_new_privileges(Some(true));
+    }
+    if !args.cap.is_empty() {
+        let mut caps = p.capabilities().clone().unwrap_or_default();
+        for name in &args.cap {
+            let upper = name.to_ascii_uppercase();
+            let full = if upper.starts_with("CAP_") {
+                upper
+            } else {
+                format!("CAP_{upper}")
+            };
+            let cap: oci_spec::runtime::Capability =
+                serde_json::from_value(serde_json::Value::String(full))
+                    .map_err(|_| anyhow!("unknown capability {name:?}"))?;
+            let add = |s: &Option<oci_spec::runtime::Capabilities>| {
+                let mut s = s.clone().unwrap_or_default();
+                s.insert(cap);
+                Some(s)
+            };
+            caps.set_bounding(add(caps.bounding()));
+            caps.set_effective(add(caps.effective()));
+            caps.set_permitted(add(caps.permitted()));
+        }
+        p.set_capabilities(Some(caps));
+    }
+    Ok(p)
+}
+
+struct Proxy {
+    client: Client,
+    uds: std::path::PathBuf,
+    pid: u32,
+    attached: relay::Attached,
+}
+
+impl Proxy {
+    fn start(uds: &Path, process: Process, console: Option<&Path>) -> anyhow::Result<Proxy> {
+        // Distinct per live proxy: pids are unique while the proxy lives.
+        let base = 20_000 + (std::process::id() % 10_000) * 4;
+        let pending = relay::prepare(uds, base, console)?;
+        let mut client = Client::connect(uds)?;
+        let pid = match client.request(RequestBody::Exec {
+            process: Box::new(process),
+            stdio: pending.stdio.clone(),
+        })? {
+            ResponseBody::Started { pid } => pid,
+            ResponseBody::Error { message } => bail!("{message}"),
+            other => bail!("unexpected answer from the guest to exec: {other:?}"),
+        };
+        let attached = pending.attach(STREAM_TIMEOUT)?;
+        if let Some(tty) = attached.tty() {
+            let _ = relay::take_controlling_tty(tty);
+        }
+        Ok(Proxy {
+            client,
+            uds: uds.into(),
+            pid,
+            attached,
+        })
+    }
+
+    fn run(mut self) -> ! {
+        let (uds, pid, tty) = (self.uds.clone(), self.pid, self.attached.tty());
+        let _ = std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || relay_signals(&uds, Some(pid), tty));
+        match self.client.request(RequestBody::Wait {
+            pid: Some(self.pid),
+        }) {
+            Ok(ResponseBody::Exited { code, signal, .. }) => {
+                self.attached.drain(DRAIN_TIMEOUT);
+                exit_like(code, signal)
+            }
+            Ok(other) => log::error!("unexpected answer from the guest to wait: {other:?}"),
+            Err(e) => log::error!("lost the guest while waiting for the exec'd process: {e}"),
+        }
+        std::process::exit(255)
+    }
+}

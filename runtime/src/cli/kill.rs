@@ -1,0 +1,77 @@
+//! `okvm kill <id> [SIGNAL]`: deliver a signal to the container process in
+//! the guest (not to the VMM), or with `--all` to all its processes.
+
+use anyhow::{anyhow, bail};
+use nix::sys::signal::Signal;
+use okvm_protocol::{RequestBody, ResponseBody};
+
+use super::Context;
+use crate::guest::Client;
+use crate::procs::Procs;
+use crate::sandbox::VSOCK;
+use crate::state::{Action, Container, Status};
+
+pub fn run(ctx: &Context, args: liboci_cli::Kill) -> anyhow::Result<()> {
+    let signal = parse_signal(&args.signal)?;
+    let container = Container::open(&ctx.root, &args.container_id)?;
+    let state = container.check(Action::Kill)?;
+    let sandbox = Procs::load(&container.dir).sandbox;
+    // A paused guest cannot answer; SIGKILL needs no answer: the sandbox
+    // dies, and conmon sees the container killed by SIGKILL, as with runc.
+    if state.status == Status::Paused || signal == Signal::SIGKILL {
+        if signal == Signal::SIGKILL {
+            if let Some(p) = sandbox {
+                p.signal(libc::SIGKILL);
+                return Ok(());
+            }
+        }
+        if state.status == Status::Paused {
+            bail!(
+                "container {} is paused: resume it first, or send SIGKILL",
+                container.id
+            );
+        }
+    }
+    let mut client = Client::connect(&container.dir.join(VSOCK))?;
+    match client.request(RequestBody::Signal {
+        pid: None,
+        signal: signal as i32,
+        all: args.all,
+    })? {
+        ResponseBody::Done => Ok(()),
+        ResponseBody::Error { message } => Err(anyhow!("{message}")),
+        other => bail!("unexpected answer from the guest to kill: {other:?}"),
+    }
+}
+
+/// "TERM", "SIGTERM", "sigterm" or "15", as runc accepts them.
+pub fn parse_signal(s: &str) -> anyhow::Result<Signal> {
+    let s = s.trim();
+    if let Ok(n) = s.parse::<i32>() {
+        return Signal::try_from(n).map_err(|_| anyhow!("invalid signal {s:?}"));
+    }
+    let upper = s.to_ascii_uppercase();
+    let name = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    name.parse::<Signal>()
+        .map_err(|_| anyhow!("invalid signal {s:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signals_parse_like_runc() {
+        for s in ["TERM", "SIGTERM", "sigterm", "15"] {
+            assert_eq!(parse_signal(s).unwrap(), Signal::SIGTERM, "{s}");
+        }
+        assert_eq!(parse_signal("KILL").unwrap(), Signal::SIGKILL);
+        for bad in ["NOPE", "0x", "99", ""] {
+            assert!(parse_signal(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,27 @@
+//! `okvm start`: let the created container process exec.
+
+use anyhow::bail;
+use okvm_protocol::{RequestBody, ResponseBody};
+
+use super::Context;
+use crate::guest::Client;
+use crate::sandbox::VSOCK;
+use crate::state::{Action, Container, Status};
+
+pub fn run(ctx: &Context, args: liboci_cli::Start) -> anyhow::Result<()> {
+    start(ctx, &args.container_id)
+}
+
+pub fn start(ctx: &Context, id: &str) -> anyhow::Result<()> {
+    let container = Container::open(&ctx.root, id)?;
+    let mut state = container.check(Action::Start)?;
+    let mut client = Client::connect(&container.dir.join(VSOCK))?;
+    match client.request(RequestBody::Start)? {
+        ResponseBody::Done => {}
+        ResponseBody::Error { message } => bail!("cannot start container {id}: {message}"),
+        other => bail!("unexpected answer from the guest to start: {other:?}"),
+    }
+    state.status = Status::Running;
+    container.save(&state)?;
+    Ok(())
+}

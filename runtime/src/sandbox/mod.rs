@@ -1,0 +1,332 @@
+//! The sandbox process: one per container, started detached by `create`.
+//!
+//! It assembles the share in a mount namespace of its own, starts virtiofsd,
+//! boots the VM on a thread, has okvm-init prepare the container process, and
+//! tells `create` (over the sync pipe, fd 3) that the container exists. It then
+//! carries the process's stdio, relays the signals it receives, and when the
+//! process ends exits the same way (its code, or death by its signal), so that
+//! conmon or containerd see what runc would have shown.
+
+pub mod share;
+
+use std::io::{Read, Write};
+use std::os::fd::{FromRawFd, RawFd};
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use nix::sys::signal::{SigSet, Signal};
+use okvm_protocol::{RequestBody, ResponseBody, CONTROL_PORT};
+use serde::{Deserialize, Serialize};
+
+use crate::bundle::{Bundle, SHARE_TAG};
+use crate::guest::{host_port_path, Client};
+use crate::procs::{Proc, Procs};
+use crate::virtiofsd::Virtiofsd;
+use crate::{assets, relay};
+
+/// The write end of the pipe `create` reads the outcome from.
+pub const SYNC_FD: RawFd = 3;
+/// Files in the state directory.
+pub const VSOCK: &str = "vsock";
+pub const CONSOLE: &str = "console.log";
+pub const LOG: &str = "sandbox.log";
+const SHARE: &str = "share";
+const FS_SOCKET: &str = "fs.sock";
+/// Host vsock ports of the container process's streams (`base..base+3`).
+pub const CONTAINER_PORTS: u32 = 1100;
+/// How long the guest may take to boot and prepare the process. Generous:
+/// a nested or throttled host is slow, and a hang still ends.
+const READY_TIMEOUT: Duration = Duration::from_secs(120);
+const STREAM_TIMEOUT: Duration = Duration::from_secs(30);
+/// After the process ended, its last output may still be on its way.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The default guest command line (okvm-init and the VMM add the rest).
+pub const CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 quiet";
+
+pub struct Args {
+    pub root: PathBuf,
+    pub id: String,
+    pub bundle: PathBuf,
+    pub console_socket: Option<PathBuf>,
+}
+
+/// What the sandbox tells `create`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Outcome {
+    pub error: Option<String>,
+}
+
+/// Signals the sandbox passes on to the container process (not SIGCHLD,
+/// SIGPIPE or the stop/continue family, which are about the sandbox itself).
+pub fn relayed_signals() -> SigSet {
+    let mut set = SigSet::empty();
+    for s in [
+        Signal::SIGHUP,
+        Signal::SIGINT,
+        Signal::SIGQUIT,
+        Signal::SIGUSR1,
+        Signal::SIGUSR2,
+        Signal::SIGALRM,
+        Signal::SIGTERM,
+        Signal::SIGWINCH,
+    ] {
+        set.add(s);
+    }
+    set
+}
+
+/// The sandbox's whole life; never returns.
+pub fn main(args: Args) -> ! {
+    // Before any thread exists, so that every thread inherits the mask and
+    // only the relay thread receives these.
+    let _ = relayed_signals().thread_block();
+    let _ = nix::unistd::setsid();
+    // SAFETY: `create` passed the pipe as fd 3 and nothing else in this
+    // process uses that number.
+    let mut sync = unsafe { std::fs::File::from_raw_fd(SYNC_FD) };
+    let _ = nix::fcntl::fcntl(
+        SYNC_FD,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    );
+    let running = prepare(&args);
+    let outcome = Outcome {
+        error: running.as_ref().err().map(|e| format!("{e:#}")),
+    };
+    let _ = sync.write_all(&serde_json::to_vec(&outcome).unwrap_or_default());
+    drop(sync);
+    match running {
+        Ok(r) => r.run(),
+        Err(e) => {
+            log::error!("{e:#}");
+            std::process::exit(1)
+        }
+    }
+}
+
+struct Running {
+    client: Client,
+    uds: PathBuf,
+    attached: relay::Attached,
+    // Dropped (stopped) only when the process exits.
+    _virtiofsd: Virtiofsd,
+}
+
+fn prepare(args: &Args) -> anyhow::Result<Running> {
+    let dir = args.root.join(&args.id);
+    let bundle = Bundle::load(&args.bundle)?;
+    let plan = bundle.plan(&args.id)?;
+    match (plan.terminal, &args.console_socket) {
+        (true, None) => bail!("process.terminal is set, but no --console-socket was given"),
+        (false, Some(_)) => bail!("--console-socket was given, but process.terminal is not set"),
+        _ => {}
+    }
+    let kernel = assets::kernel()?;
+    let initrd = assets::initrd()?;
+    let fsd_bin = crate::virtiofsd::find()?;
+
+    share::private_namespace()?;
+    let share = dir.join(SHARE);
+    share::assemble(&share, &plan.entries)?;
+    let virtiofsd = Virtiofsd::start(
+        &fsd_bin,
+        &share,
+        &dir.join(FS_SOCKET),
+        &dir.join("virtiofsd.log"),
+    )?;
+    let procs = Procs {
+        sandbox: Some(Proc::me()),
+        helpers: Proc::of(virtiofsd.pid() as i32).into_iter().collect(),
+    };
+    procs
+        .save(&dir)
+        .with_context(|| format!("cannot write {}", dir.display()))?;
+
+    let uds = dir.join(VSOCK);
+    let ready = UnixListener::bind(host_port_path(&uds, CONTROL_PORT))
+        .with_context(|| format!("cannot listen on {}", uds.display()))?;
+    let pending = relay::prepare(&uds, CONTAINER_PORTS, args.console_socket.as_deref())?;
+
+    let vm = okvm_vmm::vm::VmConfig {
+        kernel,
+        initrd: Some(initrd),
+        cmdline: CMDLINE.into(),
+        vcpus: plan.vcpus,
+        mem_mib: plan.mem_mib,
+        console: okvm_vmm::vm::Console::File(dir.join(CONSOLE)),
+        fs: vec![okvm_vmm::vm::FsShare {
+            tag: SHARE_TAG.into(),
+            socket: virtiofsd.socket().into(),
+        }],
+        net: None,
+        vsock: Some(okvm_vmm::vm::VsockConfig {
+            guest_cid: crate::boot::GUEST_CID,
+            uds: uds.clone(),
+        }),
+    };
+    log::debug!(
+        "container {}: booting {} vCPU(s), {} MiB",
+        args.id,
+        vm.vcpus,
+        vm.mem_mib
+    );
+    let console = dir.join(CONSOLE);
+    let vmm = std::thread::Builder::new()
+        .name("vmm".into())
+        .spawn(move || {
+            // The container's end exits the process; the VM never ends first
+            // unless something went wrong.
+            let outcome = okvm_vmm::vm::run(&vm);
+            let tail = console_tail(&console);
+            match outcome {
+                Ok(_) => log::error!("the guest powered off before the container ended{tail}"),
+                Err(e) => log::error!("the VM failed: {e}{tail}"),
+            }
+            std::process::exit(255)
+        })
+        .context("cannot start the VMM thread")?;
+
+    let stream = accept_ready(&ready, &vmm, &dir.join(CONSOLE))?;
+    drop(ready);
+    let _ = std::fs::remove_file(host_port_path(&uds, CONTROL_PORT));
+    let (mut client, _ready) = Client::announced(stream)?;
+    client.set_timeout(Some(READY_TIMEOUT))?;
+    let created = client.request(RequestBody::Create {
+        container: Box::new(plan.container),
+        stdio: pending.stdio.clone(),
+    })?;
+    match created {
+        ResponseBody::Created { pid } => log::debug!("container {}: guest pid {pid}", args.id),
+        ResponseBody::Error { message } => bail!("{message}"),
+        other => bail!("unexpected answer from the guest to create: {other:?}"),
+    }
+    client.set_timeout(None)?;
+    let attached = pending.attach(STREAM_TIMEOUT)?;
+    if let Some(tty) = attached.tty() {
+        if let Err(e) = relay::take_controlling_tty(tty) {
+            log::warn!("terminal size changes will not reach the container: {e}");
+        }
+    }
+    Ok(Running {
+        client,
+        uds,
+        attached,
+        _virtiofsd: virtiofsd,
+    })
+}
+
+fn accept_ready(
+    listener: &UnixListener,
+    vmm: &std::thread::JoinHandle<()>,
+    console: &Path,
+) -> anyhow::Result<std::os::unix::net::UnixStream> {
+    listener.set_nonblocking(true)?;
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        match listener.accept() {
+            Ok((s, _)) => return Ok(s),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e).context("waiting for the guest"),
+        }
+        if vmm.is_finished() {
+            bail!("the VM stopped before the guest was ready");
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the guest was not ready within {} s{}",
+                READY_TIMEOUT.as_secs(),
+                console_tail(console)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// The console's last lines, for an error message.
+fn console_tail(path: &Path) -> String {
+    let mut s = String::new();
+    if let Ok(mut f) = std::fs::File::open(path) {
+        let _ = f.read_to_string(&mut s);
+    }
+    let lines: Vec<&str> = s.lines().rev().take(5).collect();
+    if lines.is_empty() {
+        return String::new();
+    }
+    let lines: Vec<&str> = lines.into_iter().rev().collect();
+    format!(" (guest console: {})", lines.join(" | "))
+}
+
+impl Running {
+    fn run(mut self) -> ! {
+        let tty = self.attached.tty();
+        let uds = self.uds.clone();
+        let _ = std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || relay_signals(&uds, None, tty));
+        let exit = self.client.request(RequestBody::Wait { pid: None });
+        match exit {
+            Ok(ResponseBody::Exited { code, signal, .. }) => {
+                self.attached.drain(DRAIN_TIMEOUT);
+                exit_like(code, signal)
+            }
+            Ok(other) => log::error!("unexpected answer from the guest to wait: {other:?}"),
+            Err(e) => log::error!("lost the guest while waiting for the container: {e}"),
+        }
+        std::process::exit(255)
+    }
+}
+
+/// Passes the signals this process receives on to process `pid` in the guest
+/// (the container process when None); SIGWINCH becomes a resize of the
+/// terminal `tty`. Runs forever on its own thread.
+pub fn relay_signals(uds: &Path, pid: Option<u32>, tty: Option<RawFd>) {
+    let set = relayed_signals();
+    let mut client = None;
+    loop {
+        let Ok(sig) = set.wait() else { continue };
+        let body = if sig == Signal::SIGWINCH {
+            let Some((rows, cols)) = tty.and_then(relay::winsize) else {
+                continue;
+            };
+            RequestBody::Resize { pid, rows, cols }
+        } else {
+            RequestBody::Signal {
+                pid,
+                signal: sig as i32,
+                all: false,
+            }
+        };
+        if client.is_none() {
+            client = Client::connect(uds).ok();
+        }
+        let Some(c) = client.as_mut() else {
+            log::warn!("cannot reach the guest to pass on {sig}");
+            continue;
+        };
+        if let Err(e) = c.request(body) {
+            log::warn!("cannot pass on {sig}: {e}");
+            client = None;
+        }
+    }
+}
+
+/// Ends this process the way the guest's process ended: with its exit code,
+/// or killed by the same signal (without a core dump of okvm).
+pub fn exit_like(code: Option<i32>, signal: Option<i32>) -> ! {
+    if let Some(sig) = signal {
+        if let Ok(s) = Signal::try_from(sig) {
+            let _ = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_CORE, 0, 0);
+            // SAFETY: restoring the default disposition of a signal; no
+            // handler runs Rust code.
+            let _ = unsafe { nix::sys::signal::signal(s, nix::sys::signal::SigHandler::SigDfl) };
+            let mut set = SigSet::empty();
+            set.add(s);
+            let _ = set.thread_unblock();
+            let _ = nix::sys::signal::raise(s);
+        }
+        std::process::exit(128 + sig)
+    }
+    std::process::exit(code.unwrap_or(255))
+}
