@@ -3,6 +3,7 @@
 #   make          set up the machine (idempotent) and build everything
 #   make test     every test tier: lint, unit/integration, test-host harness, end to end
 #   make demo     boot a microVM and show what it printed
+#   make install  okvm into $(PREFIX) (/usr/local), registered with podman
 #   make bench    benchmarks (inside the test host), tables into target/okvm/bench/
 #
 # Artifacts: target/release/{okvm,containerd-shim-okvm-v2}, target/okvm/vmlinux,
@@ -15,7 +16,9 @@ HOST_TARGET := x86_64-unknown-linux-gnu
 INIT_BIN := target/$(HOST_TARGET)/release/okvm-init
 ARTIFACTS := target/okvm
 
-.PHONY: all setup build rust init initramfs kernel images test lint unit test-testhost test-e2e conformance-runc bench demo clean
+PREFIX ?= /usr/local
+
+.PHONY: all setup build install rust init initramfs kernel images test lint unit test-testhost test-e2e conformance-runc bench demo clean
 
 all: build
 
@@ -70,6 +73,10 @@ test-e2e: build
 # Benchmarks: medians and side-by-side ratios measured in one run (docs/performance.md).
 bench: build
 	integration/bench/run
+
+# okvm, its guest kernel and initramfs under $(PREFIX), registered with podman.
+install: build
+	scripts/install --prefix $(PREFIX)
 
 demo: build
 	@scripts/demo

@@ -84,7 +84,7 @@ impl Virtiofsd {
         // runs in the forked child before exec.
         unsafe {
             cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
                 Ok(())
@@ -136,11 +136,10 @@ impl Virtiofsd {
 
 impl Drop for Virtiofsd {
     fn drop(&mut self) {
-        // SAFETY: kill(2) on our own child's pid, which is not reaped yet (we
-        // own the Child), so the pid cannot have been reused.
-        unsafe {
-            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
-        }
+        // SIGKILL: virtiofsd keeps serving on SIGTERM while a VMM is still
+        // connected, and it has nothing to flush (writes reach the host file
+        // system synchronously).
+        let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_file(&self.socket);
     }

@@ -1,0 +1,276 @@
+//! podman with `--runtime okvm`, inside the test host: okvm installed the way
+//! `make install` installs it (scripts/install, here into a prefix on the test
+//! host's tmpfs, with podman's drop-in in the test host's own
+//! /etc/containers), on the busybox image built locally from Debian packages.
+
+use std::process::{Command, Output};
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+use okvm_integration::{repo_root, require_testhost, text};
+
+const IMAGE: &str = "localhost/okvm-busybox";
+const PREFIX: &str = "/run/okvm-prefix";
+
+fn setup() {
+    require_testhost();
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let out = Command::new(repo_root().join("integration/testhost/import-images"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "import-images: {out:?}");
+        let out = Command::new(repo_root().join("scripts/install"))
+            .args(["--prefix", PREFIX])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "scripts/install: {out:?}");
+    });
+}
+
+fn sh(script: &str) -> Output {
+    Command::new("bash").args(["-c", script]).output().unwrap()
+}
+
+/// `podman run --rm --runtime okvm [ARGS] IMAGE CMD...` through sh.
+fn run(args: &str, cmd: &str) -> Output {
+    sh(&format!(
+        "podman run --rm --runtime okvm {args} {IMAGE} {cmd}"
+    ))
+}
+
+fn stdout(o: &Output) -> String {
+    text(&o.stdout)
+}
+
+/// Waits until `podman logs NAME` shows `what`.
+fn wait_for_log(name: &str, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let out = sh(&format!("podman logs {name} 2>&1"));
+        if stdout(&out).contains(what) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name} never logged {what:?}: {}",
+            stdout(&out)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Nothing of okvm is left running: no sandbox, no virtiofsd, no state.
+fn assert_nothing_left() {
+    let out =
+        sh("pgrep -a -f 'okvm.* sandbox |virtiofsd' || true; ls /run/okvm 2>/dev/null || true");
+    assert_eq!(stdout(&out).trim(), "", "left behind: {out:?}");
+}
+
+#[test]
+#[ignore = "runs inside the test host (make test-e2e)"]
+fn run_rm_prints_the_output_of_a_microvm_and_its_exit_code() {
+    setup();
+    let out = run(
+        "",
+        "sh -c 'cat /etc/okvm-image; uname -r; echo err >&2; exit 7'",
+    );
+    assert_eq!(out.status.code(), Some(7), "{out:?}");
+    let s = stdout(&out);
+    let mut lines = s.lines();
+    assert_eq!(
+        lines.next(),
+        Some("okvm test image (busybox from Debian busybox-static)")
+    );
+    // The guest's own kernel, not the test host's: this ran in a VM.
+    let guest = lines.next().unwrap_or_default().to_string();
+    let host = stdout(&sh("uname -r")).trim().to_string();
+    assert!(
+        guest.starts_with("6.12") && guest != host,
+        "{guest} vs {host}"
+    );
+    assert!(text(&out.stderr).contains("err"), "{out:?}");
+    let ok = run("", "true");
+    assert_eq!(ok.status.code(), Some(0), "{ok:?}");
+    assert_nothing_left();
+}
+
+#[test]
+#[ignore = "runs inside the test host (make test-e2e)"]
+fn kill_stop_and_signals_reach_the_container_process() {
+    setup();
+    // podman kill: SIGKILL, exit 137.
+    let out = sh(&format!(
+        "podman run -d --runtime okvm --name k1 {IMAGE} sleep 1000 >/dev/null && podman kill k1 >/dev/null && podman wait k1"
+    ));
+    assert_eq!(stdout(&out).trim(), "137", "{out:?}");
+    // podman stop: SIGTERM, which the container's trap handles (exit 143);
+    // podman kill -s USR1 first reaches a second trap.
+    let script = r#"trap 'echo got USR1' USR1; trap 'echo got TERM; exit 143' TERM; echo ready; while :; do sleep 0.1; done"#;
+    let out = sh(&format!(
+        "podman run -d --runtime okvm --name s1 {IMAGE} sh -c \"{script}\""
+    ));
+    assert!(out.status.success(), "{out:?}");
+    wait_for_log("s1", "ready");
+    let out = sh("podman kill -s USR1 s1");
+    assert!(out.status.success(), "{out:?}");
+    wait_for_log("s1", "got USR1");
+    let out = sh("podman stop -t 60 s1 >/dev/null && podman inspect -f '{{.State.ExitCode}}' s1 && podman logs s1");
+    let s = stdout(&out);
+    assert!(s.starts_with("143\n") && s.contains("got TERM"), "{out:?}");
+    let out = sh("podman rm k1 s1");
+    assert!(out.status.success(), "{out:?}");
+    assert_nothing_left();
+}
+
+#[test]
+#[ignore = "runs inside the test host (make test-e2e)"]
+fn exec_runs_in_the_container_with_its_env_user_and_cwd() {
+    setup();
+    let out = sh(&format!(
+        "podman run -d --runtime okvm --name e1 -e FOO=bar {IMAGE} sh -c 'echo started; sleep 1000'"
+    ));
+    assert!(out.status.success(), "{out:?}");
+    wait_for_log("e1", "started");
+    let out = sh("podman exec e1 sh -c 'echo $FOO; exit 3'");
+    assert_eq!(
+        (out.status.code(), stdout(&out)),
+        (Some(3), "bar\n".into()),
+        "{out:?}"
+    );
+    let out =
+        sh("podman exec -e X=1 -u 1000:1000 -w /tmp e1 sh -c 'echo $X $(id -u) $(id -g) $(pwd)'");
+    assert_eq!(stdout(&out), "1 1000 1000 /tmp\n", "{out:?}");
+    // An exec'd process killed by a signal: 128 + 15.
+    let out = sh("podman exec e1 sh -c 'kill -TERM $$'");
+    assert_eq!(out.status.code(), Some(143), "{out:?}");
+    let out = sh("echo from-stdin | podman exec -i e1 cat");
+    assert_eq!(stdout(&out), "from-stdin\n", "{out:?}");
+    let out = sh("podman logs e1");
+    assert_eq!(stdout(&out), "started\n", "{out:?}");
+    let out = sh("podman rm -f -t 0 e1");
+    assert!(out.status.success(), "{out:?}");
+    assert_nothing_left();
+}
+
+#[test]
+#[ignore = "runs inside the test host (make test-e2e)"]
+fn an_interactive_terminal_follows_resizes() {
+    setup();
+    let session = "okvm-tty";
+    let out = sh(&format!(
+        "tmux new-session -d -s {session} -x 80 -y 24 'podman run -it --rm --runtime okvm {IMAGE} sh'"
+    ));
+    assert!(out.status.success(), "{out:?}");
+    let screen = || stdout(&sh(&format!("tmux capture-pane -p -t {session}")));
+    let wait_screen = |what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !screen().contains(what) {
+            assert!(
+                Instant::now() < deadline,
+                "never saw {what:?}: {}",
+                screen()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    wait_screen("# ");
+    sh(&format!(
+        "tmux send-keys -t {session} 'stty size; echo mark-$((6*7))' Enter"
+    ));
+    wait_screen("mark-42");
+    assert!(screen().contains("24 80"), "{}", screen());
+    sh(&format!("tmux resize-window -t {session} -x 100 -y 30"));
+    std::thread::sleep(Duration::from_millis(500));
+    sh(&format!(
+        "tmux send-keys -t {session} 'stty size; echo mark-$((6*8))' Enter"
+    ));
+    wait_screen("mark-48");
+    assert!(screen().contains("30 100"), "{}", screen());
+    sh(&format!("tmux send-keys -t {session} 'exit' Enter"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while sh(&format!("tmux has-session -t {session}"))
+        .status
+        .success()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the shell did not exit: {}",
+            screen()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_nothing_left();
+}
+
+#[test]
+#[ignore = "runs inside the test host (make test-e2e)"]
+fn volumes_are_shared_read_write_or_read_only() {
+    setup();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("from-host"), "hello guest\n").unwrap();
+    let d = dir.path().display();
+    let out = run(
+        &format!("-v {d}:/data"),
+        "sh -c 'cat /data/from-host; echo hello host > /data/from-guest'",
+    );
+    assert_eq!(stdout(&out), "hello guest\n", "{out:?}");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("from-guest")).unwrap(),
+        "hello host\n"
+    );
+    let out = run(&format!("-v {d}:/data:ro"), "sh -c 'echo x > /data/nope'");
+    assert_ne!(out.status.code(), Some(0), "{out:?}");
+    assert!(
+        text(&out.stderr).contains("Read-only file system"),
+        "{out:?}"
+    );
+    assert!(!dir.path().join("nope").exists());
+}
+
+#[test]
+#[ignore = "runs inside the test host (make test-e2e)"]
+fn podman_options_apply_inside_the_vm() {
+    setup();
+    let out = run("--read-only", "sh -c 'touch /x'");
+    assert!(
+        text(&out.stderr).contains("Read-only file system"),
+        "{out:?}"
+    );
+    let out = run(
+        "--user 1000:1001 -e A=1 -w /tmp --hostname vmhost --ulimit nofile=1234:1234",
+        "sh -c 'echo $(id -u):$(id -g) $A $(pwd) $(hostname) $(ulimit -n)'",
+    );
+    assert_eq!(stdout(&out), "1000:1001 1 /tmp vmhost 1234\n", "{out:?}");
+    let out = run(
+        "--memory 512m --cpus 2",
+        "sh -c 'grep MemTotal /proc/meminfo; grep -c ^processor /proc/cpuinfo'",
+    );
+    let s = stdout(&out);
+    let kib: u64 = s
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!((400 * 1024..=512 * 1024).contains(&kib), "{out:?}");
+    assert_eq!(s.lines().nth(1), Some("2"), "{out:?}");
+}
+
+#[test]
+#[ignore = "runs inside the test host (make test-e2e)"]
+fn a_missing_executable_fails_like_runc_and_leaves_nothing() {
+    setup();
+    let out = run("", "/no/such/program");
+    assert_eq!(out.status.code(), Some(127), "{out:?}");
+    assert!(
+        text(&out.stderr).contains("no such file or directory"),
+        "{out:?}"
+    );
+    let out = run("", "nosuchprogram");
+    assert_eq!(out.status.code(), Some(127), "{out:?}");
+    assert!(
+        text(&out.stderr).contains("executable file not found in $PATH"),
+        "{out:?}"
+    );
+    assert_nothing_left();
+}
