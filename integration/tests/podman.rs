@@ -12,7 +12,18 @@ use okvm_integration::{repo_root, require_testhost, text};
 const IMAGE: &str = "localhost/okvm-busybox";
 const PREFIX: &str = "/run/okvm-prefix";
 
-fn setup() {
+/// Removes every container when a test ends, passed or failed, so that one
+/// failure does not leave a running VM for the next test to trip over.
+struct Cleanup;
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = sh("podman rm -a -f -t 0 >/dev/null 2>&1");
+    }
+}
+
+#[must_use]
+fn setup() -> Cleanup {
     require_testhost();
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
@@ -26,6 +37,7 @@ fn setup() {
             .unwrap();
         assert!(out.status.success(), "scripts/install: {out:?}");
     });
+    Cleanup
 }
 
 fn sh(script: &str) -> Output {
@@ -63,14 +75,14 @@ fn wait_for_log(name: &str, what: &str) {
 /// Nothing of okvm is left running: no sandbox, no virtiofsd, no state.
 fn assert_nothing_left() {
     let out =
-        sh("pgrep -a -f 'okvm.* sandbox |virtiofsd' || true; ls /run/okvm 2>/dev/null || true");
+        sh("pgrep -a -f '[o]kvm.* sandbox |[v]irtiofsd' || true; ls /run/okvm 2>/dev/null || true");
     assert_eq!(stdout(&out).trim(), "", "left behind: {out:?}");
 }
 
 #[test]
 #[ignore = "runs inside the test host (make test-e2e)"]
 fn run_rm_prints_the_output_of_a_microvm_and_its_exit_code() {
-    setup();
+    let _cleanup = setup();
     let out = run(
         "",
         "sh -c 'cat /etc/okvm-image; uname -r; echo err >&2; exit 7'",
@@ -98,7 +110,7 @@ fn run_rm_prints_the_output_of_a_microvm_and_its_exit_code() {
 #[test]
 #[ignore = "runs inside the test host (make test-e2e)"]
 fn kill_stop_and_signals_reach_the_container_process() {
-    setup();
+    let _cleanup = setup();
     // podman kill: SIGKILL, exit 137.
     let out = sh(&format!(
         "podman run -d --runtime okvm --name k1 {IMAGE} sleep 1000 >/dev/null && podman kill k1 >/dev/null && podman wait k1"
@@ -126,7 +138,7 @@ fn kill_stop_and_signals_reach_the_container_process() {
 #[test]
 #[ignore = "runs inside the test host (make test-e2e)"]
 fn exec_runs_in_the_container_with_its_env_user_and_cwd() {
-    setup();
+    let _cleanup = setup();
     let out = sh(&format!(
         "podman run -d --runtime okvm --name e1 -e FOO=bar {IMAGE} sh -c 'echo started; sleep 1000'"
     ));
@@ -156,7 +168,7 @@ fn exec_runs_in_the_container_with_its_env_user_and_cwd() {
 #[test]
 #[ignore = "runs inside the test host (make test-e2e)"]
 fn an_interactive_terminal_follows_resizes() {
-    setup();
+    let _cleanup = setup();
     let session = "okvm-tty";
     let out = sh(&format!(
         "tmux new-session -d -s {session} -x 80 -y 24 'podman run -it --rm --runtime okvm {IMAGE} sh'"
@@ -174,7 +186,7 @@ fn an_interactive_terminal_follows_resizes() {
             std::thread::sleep(Duration::from_millis(200));
         }
     };
-    wait_screen("# ");
+    wait_screen("/ #");
     sh(&format!(
         "tmux send-keys -t {session} 'stty size; echo mark-$((6*7))' Enter"
     ));
@@ -206,7 +218,7 @@ fn an_interactive_terminal_follows_resizes() {
 #[test]
 #[ignore = "runs inside the test host (make test-e2e)"]
 fn volumes_are_shared_read_write_or_read_only() {
-    setup();
+    let _cleanup = setup();
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("from-host"), "hello guest\n").unwrap();
     let d = dir.path().display();
@@ -231,7 +243,7 @@ fn volumes_are_shared_read_write_or_read_only() {
 #[test]
 #[ignore = "runs inside the test host (make test-e2e)"]
 fn podman_options_apply_inside_the_vm() {
-    setup();
+    let _cleanup = setup();
     let out = run("--read-only", "sh -c 'touch /x'");
     assert!(
         text(&out.stderr).contains("Read-only file system"),
@@ -259,7 +271,7 @@ fn podman_options_apply_inside_the_vm() {
 #[test]
 #[ignore = "runs inside the test host (make test-e2e)"]
 fn a_missing_executable_fails_like_runc_and_leaves_nothing() {
-    setup();
+    let _cleanup = setup();
     let out = run("", "/no/such/program");
     assert_eq!(out.status.code(), Some(127), "{out:?}");
     assert!(
@@ -273,4 +285,33 @@ fn a_missing_executable_fails_like_runc_and_leaves_nothing() {
         "{out:?}"
     );
     assert_nothing_left();
+}
+
+/// The README's podman section, as written (its `make install` is the
+/// scripts/install that `setup` ran).
+#[test]
+#[ignore = "runs inside the test host (make test-e2e)"]
+fn the_readme_podman_section_works_as_written() {
+    let _cleanup = setup();
+    let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
+    let section = readme
+        .split("## With podman")
+        .nth(1)
+        .and_then(|s| s.split("```").nth(1))
+        .expect("README has a podman code block");
+    let commands: Vec<&str> = section
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && *l != "make install")
+        .collect();
+    assert_eq!(commands.len(), 2, "{section}");
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(commands.join(" && "))
+        .current_dir(repo_root())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let kernel = stdout(&out);
+    assert!(kernel.starts_with("hello from 6.12."), "{out:?}");
 }

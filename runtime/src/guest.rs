@@ -21,12 +21,26 @@ pub enum Error {
     Connect { path: PathBuf, err: io::Error },
     #[error("the guest refused vsock port {port} ({reply:?})")]
     Refused { port: u32, reply: String },
+    // The causes are part of the message, not a source: anyhow's `{:#}`
+    // would print them twice.
     #[error("guest control connection: {0}")]
-    Read(#[from] ReadError),
+    Read(ReadError),
     #[error("guest control connection: {0}")]
-    Io(#[from] io::Error),
+    Io(io::Error),
     #[error("the guest answered request {got} while request {want} was pending")]
     OutOfOrder { want: u64, got: u64 },
+}
+
+impl From<ReadError> for Error {
+    fn from(e: ReadError) -> Self {
+        Error::Read(e)
+    }
+}
+
+impl From<io::Error> for Error {
+    fn from(e: io::Error) -> Self {
+        Error::Io(e)
+    }
 }
 
 /// Opens a stream to guest vsock `port` through the VMM's socket at `uds`.

@@ -270,7 +270,22 @@ where
     W: Write + HalfClose + Send + 'static,
 {
     std::thread::spawn(move || {
-        let _ = io::copy(&mut from, &mut to);
+        // A plain loop, not io::copy: its splice path may hold bytes from a
+        // socket until much more has arrived, and a container's log lines
+        // must show up as they are written.
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match from.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    if to.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
         let _ = to.flush();
         if half_close {
             to.close_write();

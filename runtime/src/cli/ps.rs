@@ -1,5 +1,8 @@
-//! `okvm ps`: the container's processes, as guest pids (they live in the VM,
-//! so host tools cannot see them).
+//! `okvm ps`: the container's processes.
+//!
+//! They live in the VM, inside one host process, the sandbox. As with runc,
+//! `--format json` lists host pids (the sandbox's: the one a host tool can
+//! signal or inspect); the table pairs it with each guest pid.
 
 use anyhow::bail;
 use okvm_protocol::{RequestBody, ResponseBody};
@@ -12,6 +15,7 @@ use crate::state::{Container, Status};
 pub fn run(ctx: &Context, args: liboci_cli::Ps) -> anyhow::Result<()> {
     let container = Container::open(&ctx.root, &args.container_id)?;
     let state = container.current()?;
+    let host = state.pid.filter(|_| state.status != Status::Stopped);
     let pids = if matches!(state.status, Status::Created | Status::Running) {
         let mut client = Client::connect(&container.dir.join(VSOCK))?;
         match client.request(RequestBody::Processes)? {
@@ -22,17 +26,22 @@ pub fn run(ctx: &Context, args: liboci_cli::Ps) -> anyhow::Result<()> {
     } else {
         Vec::new()
     };
-    print!("{}", render(&pids, &args.format)?);
+    print!("{}", render(host, &pids, &args.format)?);
     Ok(())
 }
 
-fn render(pids: &[u32], format: &str) -> anyhow::Result<String> {
+fn render(host: Option<i32>, guest: &[u32], format: &str) -> anyhow::Result<String> {
     match format {
-        "json" => Ok(format!("{}\n", serde_json::to_string(pids)?)),
+        "json" => Ok(format!(
+            "{}\n",
+            serde_json::to_string(&host.into_iter().collect::<Vec<_>>())?
+        )),
         "table" => {
-            let mut out = String::from("PID\n");
-            for p in pids {
-                out.push_str(&format!("{p}\n"));
+            let mut out = String::from("PID\tGUEST_PID\n");
+            if let Some(h) = host {
+                for p in guest {
+                    out.push_str(&format!("{h}\t{p}\n"));
+                }
             }
             Ok(out)
         }
@@ -44,8 +53,12 @@ fn render(pids: &[u32], format: &str) -> anyhow::Result<String> {
 mod tests {
     #[test]
     fn formats() {
-        assert_eq!(super::render(&[1, 7], "json").unwrap(), "[1,7]\n");
-        assert_eq!(super::render(&[1], "table").unwrap(), "PID\n1\n");
-        assert!(super::render(&[], "yaml").is_err());
+        assert_eq!(super::render(Some(9), &[1, 7], "json").unwrap(), "[9]\n");
+        assert_eq!(super::render(None, &[], "json").unwrap(), "[]\n");
+        assert_eq!(
+            super::render(Some(9), &[1, 7], "table").unwrap(),
+            "PID\tGUEST_PID\n9\t1\n9\t7\n"
+        );
+        assert!(super::render(None, &[], "yaml").is_err());
     }
 }
