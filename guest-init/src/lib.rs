@@ -2,7 +2,9 @@
 //! shares with it.
 
 pub mod banner;
+pub mod container;
 pub mod reaper;
+pub mod root;
 pub mod server;
 pub mod uptime;
 pub mod vsock;

@@ -14,12 +14,23 @@ use std::process::ExitCode;
 use nix::mount::{mount, MsFlags};
 use nix::sys::reboot::{reboot, RebootMode};
 
-use okvm_init::{banner, reaper, server, uptime, vsock};
+use okvm_init::container::stage;
+use okvm_init::{banner, reaper, root, server, uptime, vsock};
 
 fn main() -> ExitCode {
+    // okvm-init re-executes itself to prepare each container process (it is
+    // then PID 1 of a new pid namespace, so this comes first).
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some(stage::MARKER) {
+        return stage::main(args.get(2).map(String::as_str));
+    }
     if std::process::id() != 1 {
         eprintln!("okvm-init: must run as PID 1 inside an okvm guest");
         return ExitCode::from(2);
+    }
+    if let Err(e) = root::make_pivotable() {
+        // Containers then fall back to moving their root over / and chroot.
+        eprintln!("okvm-init: {e}");
     }
     for (fstype, target, flags) in [
         (

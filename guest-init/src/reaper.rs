@@ -7,10 +7,12 @@
 //! std's spawn is about to wait for.
 
 use std::collections::HashMap;
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::process::{Child, Command};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Mutex, OnceLock};
 
+use nix::fcntl::{fcntl, FcntlArg, FdFlag};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
@@ -19,6 +21,16 @@ use nix::unistd::Pid;
 pub enum Exit {
     Code(i32),
     Signal(i32),
+}
+
+impl Exit {
+    /// As the protocol reports it: (exit code, killing signal).
+    pub fn code_and_signal(self) -> (Option<i32>, Option<i32>) {
+        match self {
+            Exit::Code(c) => (Some(c), None),
+            Exit::Signal(s) => (None, Some(s)),
+        }
+    }
 }
 
 type Waiters = Mutex<HashMap<i32, Sender<Exit>>>;
@@ -30,8 +42,39 @@ fn waiters() -> &'static Waiters {
 
 /// Spawns `cmd`; the receiver yields its exit once the reaper sees it.
 pub fn spawn(cmd: &mut Command) -> std::io::Result<(Child, Receiver<Exit>)> {
+    spawn_with(cmd, None)
+}
+
+/// [`spawn`], with `fd` inherited by the child under its own number. It is
+/// inheritable only while the lock is held, so no other child spawned
+/// meanwhile gets it (every spawn takes the lock).
+pub fn spawn_inheriting(
+    cmd: &mut Command,
+    fd: BorrowedFd,
+) -> std::io::Result<(Child, Receiver<Exit>)> {
+    spawn_with(cmd, Some(fd))
+}
+
+fn spawn_with(
+    cmd: &mut Command,
+    inherit: Option<BorrowedFd>,
+) -> std::io::Result<(Child, Receiver<Exit>)> {
     let mut w = waiters().lock().unwrap_or_else(|e| e.into_inner());
-    let child = cmd.spawn()?;
+    let cloexec = |on: bool| -> nix::Result<()> {
+        if let Some(fd) = inherit {
+            let flags = if on {
+                FdFlag::FD_CLOEXEC
+            } else {
+                FdFlag::empty()
+            };
+            fcntl(fd.as_raw_fd(), FcntlArg::F_SETFD(flags))?;
+        }
+        Ok(())
+    };
+    cloexec(false)?;
+    let spawned = cmd.spawn();
+    cloexec(true)?;
+    let child = spawned?;
     let (tx, rx) = channel();
     w.insert(child.id() as i32, tx);
     Ok((child, rx))

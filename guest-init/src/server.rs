@@ -11,11 +11,12 @@ use okvm_protocol::{
     Stdio, MAX_CAPTURE,
 };
 
-use crate::reaper::{self, Exit};
+use crate::container;
+use crate::reaper;
 use crate::vsock;
 
 /// The PATH a command gets when the request sets none (runc's default).
-const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// What the caller must do after a request was answered.
 pub enum After {
@@ -68,12 +69,19 @@ fn handle(body: RequestBody) -> ResponseBody {
             root,
             stdio,
         } => run(&args, &env, cwd.as_deref(), root.as_deref(), &stdio),
+        RequestBody::Create { container, stdio } => container::create(*container, &stdio),
+        RequestBody::Start => container::start(),
+        RequestBody::Wait { pid } => container::wait(pid),
+        RequestBody::Exec { process, stdio } => container::exec(*process, &stdio),
+        RequestBody::Signal { pid, signal, all } => container::signal(pid, signal, all),
+        RequestBody::Resize { pid, rows, cols } => container::resize(pid, rows, cols),
+        RequestBody::Processes => container::processes(),
         RequestBody::Shutdown => Ok(ResponseBody::Done),
     };
     result.unwrap_or_else(|message| ResponseBody::Error { message })
 }
 
-fn mount_share(tag: &str, target: &str) -> Result<(), String> {
+pub fn mount_share(tag: &str, target: &str) -> Result<(), String> {
     std::fs::create_dir_all(target).map_err(|e| format!("cannot create {target}: {e}"))?;
     nix::mount::mount(
         Some(tag),
@@ -136,6 +144,9 @@ fn run(
                 .stdout(stream(*stdout)?)
                 .stderr(stream(*stderr)?);
         }
+        Stdio::Terminal { .. } => {
+            return Err("a terminal is for container processes (Create, Exec), not Run".into())
+        }
     }
     let (mut child, exited) =
         reaper::spawn(&mut cmd).map_err(|e| format!("cannot run {program}: {e}"))?;
@@ -152,10 +163,7 @@ fn run(
         .recv()
         .map_err(|_| format!("lost track of {program}"))?;
     let truncated = out.1 || err.1;
-    let (code, signal) = match exit {
-        Exit::Code(c) => (Some(c), None),
-        Exit::Signal(s) => (None, Some(s)),
-    };
+    let (code, signal) = exit.code_and_signal();
     Ok(ResponseBody::Exited {
         code,
         signal,

@@ -144,9 +144,10 @@ pub enum Stdio {
         stdout: Option<u32>,
         stderr: Option<u32>,
     },
-    /// A terminal: okvm-init makes a pty in the guest, gives the process its
-    /// slave as controlling terminal and stdio, and carries the master's
-    /// bytes both ways over one stream to host `port`.
+    /// A terminal: the container stage opens a pty on the container's own
+    /// devpts (as runc does), makes the slave the process's controlling
+    /// terminal and stdio, and okvm-init carries the master's bytes both ways
+    /// over one stream to host `port`.
     Terminal { port: u32, rows: u16, cols: u16 },
 }
 

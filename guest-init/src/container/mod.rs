@@ -1,0 +1,305 @@
+//! Running an OCI container inside the guest: the requests `Create`, `Start`,
+//! `Wait`, `Exec`, `Signal`, `Resize` and `Processes`.
+//!
+//! Like runc, okvm-init never prepares a container process inside itself (it
+//! is multi-threaded PID 1): it re-executes itself as a container stage
+//! ([`stage`]) that builds the root, applies the process and execs on the
+//! start byte. The container process is PID 1 of a pid namespace of its own;
+//! exec'd processes join it. One container per guest (the protocol's
+//! requests name none).
+
+pub mod channel;
+pub mod config;
+mod launch;
+pub mod mounts;
+pub mod paths;
+pub mod process;
+pub mod procs;
+pub mod pty;
+mod rootfs;
+pub mod stage;
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::Receiver;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+use okvm_protocol::{ContainerSpec, ResponseBody, Stdio};
+
+use self::config::{StageConfig, TermSize};
+use self::launch::{terminal_size, PidNamespace, Starter};
+use crate::reaper::Exit;
+
+/// Where okvm-init mounts each virtio-fs share a container uses (a guest
+/// path the container never sees).
+const SHARES: &str = "/run/okvm/shares";
+
+/// A process okvm-init started in the container: its end, once known, and
+/// the master of its terminal, if it has one.
+struct Tracked {
+    exit: Mutex<Option<Exit>>,
+    ended: Condvar,
+    terminal: Option<OwnedFd>,
+}
+
+impl Tracked {
+    fn new(terminal: Option<OwnedFd>) -> Arc<Tracked> {
+        Arc::new(Tracked {
+            exit: Mutex::new(None),
+            ended: Condvar::new(),
+            terminal,
+        })
+    }
+
+    fn wait(&self) -> Exit {
+        let mut exit = lock(&self.exit);
+        loop {
+            if let Some(e) = *exit {
+                return e;
+            }
+            exit = self.ended.wait(exit).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    fn has_ended(&self) -> bool {
+        lock(&self.exit).is_some()
+    }
+}
+
+struct Container {
+    id: String,
+    /// The container process (guest pid).
+    pid: u32,
+    /// Its pid namespace, which every process of the container shares.
+    pid_ns: PathBuf,
+    /// Kept for ever: a Wait after the end still gets the status.
+    init: Arc<Tracked>,
+    /// Until Start: the stage waiting for its start byte.
+    starter: Mutex<Option<Starter>>,
+    /// Exec'd processes, until their status was waited for once.
+    execs: Mutex<HashMap<u32, Arc<Tracked>>>,
+}
+
+impl Container {
+    /// The process `pid` names (the container process when None), and
+    /// whether it is an exec'd one.
+    fn tracked(&self, pid: Option<u32>) -> Result<(Arc<Tracked>, Option<u32>), String> {
+        match pid {
+            None => Ok((self.init.clone(), None)),
+            Some(p) if p == self.pid => Ok((self.init.clone(), None)),
+            Some(p) => lock(&self.execs)
+                .get(&p)
+                .map(|t| (t.clone(), Some(p)))
+                .ok_or_else(|| format!("process {p} was not started in container {:?}", self.id)),
+        }
+    }
+}
+
+static CONTAINER: Mutex<Option<Arc<Container>>> = Mutex::new(None);
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn current() -> Result<Arc<Container>, String> {
+    lock(&CONTAINER)
+        .clone()
+        .ok_or_else(|| "no container was created in this guest".to_string())
+}
+
+/// Create: prepares the container process up to its exec.
+pub fn create(spec: ContainerSpec, stdio: &Stdio) -> Result<ResponseBody, String> {
+    // Held throughout, so requests about the container wait for it to exist.
+    let mut slot = lock(&CONTAINER);
+    if let Some(c) = &*slot {
+        return Err(format!("this guest already has container {:?}", c.id));
+    }
+    let id = spec.id.clone();
+    note_ignored(&spec.process, &id);
+    let share = mount_share(&spec.share_tag)?;
+    let config = StageConfig::Create {
+        share,
+        container: Box::new(spec),
+        terminal: terminal_size(stdio),
+    };
+    // On any error below, dropping `p` closes the stage's socket: it sees
+    // no start byte and exits.
+    let p = launch::prepare(&config, PidNamespace::New, stdio, &id)?;
+    let pid_ns =
+        procs::pid_namespace(p.pid).map_err(|e| format!("the container process is gone: {e}"))?;
+    let init = Tracked::new(p.terminal);
+    // The host reads the container's files once it hears of the exit: they
+    // must have reached it through virtio-fs by then.
+    watch(init.clone(), p.exited, true)?;
+    *slot = Some(Arc::new(Container {
+        id,
+        pid: p.pid,
+        pid_ns,
+        init,
+        starter: Mutex::new(Some(p.starter)),
+        execs: Mutex::default(),
+    }));
+    Ok(ResponseBody::Created { pid: p.pid })
+}
+
+/// Start: lets the created container process exec.
+pub fn start() -> Result<ResponseBody, String> {
+    let c = current()?;
+    let starter = lock(&c.starter)
+        .take()
+        .ok_or_else(|| format!("container {:?} was already started", c.id))?;
+    starter.start()?;
+    Ok(ResponseBody::Done)
+}
+
+/// Wait: the status of the container process (or of an exec'd one).
+pub fn wait(pid: Option<u32>) -> Result<ResponseBody, String> {
+    let c = current()?;
+    let (tracked, exec_pid) = c.tracked(pid)?;
+    let exit = tracked.wait();
+    if let Some(p) = exec_pid {
+        lock(&c.execs).remove(&p);
+    }
+    let (code, signal) = exit.code_and_signal();
+    Ok(ResponseBody::Exited {
+        code,
+        signal,
+        stdout: Vec::new(),
+        stderr: Vec::new(),
+        truncated: false,
+    })
+}
+
+/// Exec: starts another process in the running container.
+pub fn exec(process: oci_spec::runtime::Process, stdio: &Stdio) -> Result<ResponseBody, String> {
+    let c = current()?;
+    if lock(&c.starter).is_some() {
+        return Err(format!(
+            "container {:?} is not running (created, not started)",
+            c.id
+        ));
+    }
+    if c.init.has_ended() {
+        return Err(format!(
+            "container {:?} is not running (its process exited)",
+            c.id
+        ));
+    }
+    note_ignored(&process, &c.id);
+    let config = StageConfig::Exec {
+        container_pid: c.pid,
+        process: Box::new(process),
+        terminal: terminal_size(stdio),
+    };
+    let label = format!("{} exec", c.id);
+    let p = launch::prepare(&config, PidNamespace::Of(c.pid), stdio, &label)?;
+    let tracked = Tracked::new(p.terminal);
+    watch(tracked.clone(), p.exited, false)?;
+    lock(&c.execs).insert(p.pid, tracked);
+    if let Err(e) = p.starter.start() {
+        // Nobody will wait for a process that never ran.
+        lock(&c.execs).remove(&p.pid);
+        return Err(e);
+    }
+    Ok(ResponseBody::Started { pid: p.pid })
+}
+
+/// Signal: to the container process, one of its processes, or all of them.
+pub fn signal(pid: Option<u32>, signal: i32, all: bool) -> Result<ResponseBody, String> {
+    let c = current()?;
+    let fail = |p: u32, e| format!("cannot send signal {signal} to process {p}: {e}");
+    if all {
+        for p in procs::members(&c.pid_ns) {
+            // One that ended meanwhile is no failure.
+            match procs::kill(p, signal) {
+                Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+                Err(e) => return Err(fail(p, e)),
+            }
+        }
+        return Ok(ResponseBody::Done);
+    }
+    let target = pid.unwrap_or(c.pid);
+    if target == c.pid && c.init.has_ended() {
+        return Err(format!(
+            "container {:?} is not running (its process exited)",
+            c.id
+        ));
+    }
+    if target != c.pid && !procs::is_member(target, &c.pid_ns) {
+        return Err(format!("process {target} is not in container {:?}", c.id));
+    }
+    procs::kill(target, signal).map_err(|e| fail(target, e))?;
+    Ok(ResponseBody::Done)
+}
+
+/// Resize: the terminal of the container process (or an exec'd one).
+pub fn resize(pid: Option<u32>, rows: u16, cols: u16) -> Result<ResponseBody, String> {
+    let c = current()?;
+    let (tracked, _) = c.tracked(pid)?;
+    let master = tracked
+        .terminal
+        .as_ref()
+        .ok_or_else(|| "that process has no terminal".to_string())?;
+    pty::set_size(master.as_fd(), TermSize { rows, cols })
+        .map_err(|e| format!("cannot resize the terminal: {e}"))?;
+    Ok(ResponseBody::Done)
+}
+
+/// Processes: the guest pids of the container's processes.
+pub fn processes() -> Result<ResponseBody, String> {
+    let c = current()?;
+    Ok(ResponseBody::Pids {
+        pids: procs::members(&c.pid_ns),
+    })
+}
+
+/// Records the process's end when the reaper reports it (the reaper keeps
+/// an exit that comes before anyone waits; so does `Tracked`).
+fn watch(tracked: Arc<Tracked>, exited: Receiver<Exit>, sync_first: bool) -> Result<(), String> {
+    std::thread::Builder::new()
+        .name("container-exit".into())
+        .spawn(move || {
+            let Ok(exit) = exited.recv() else { return };
+            if sync_first {
+                nix::unistd::sync();
+            }
+            *lock(&tracked.exit) = Some(exit);
+            tracked.ended.notify_all();
+        })
+        .map(drop)
+        .map_err(|e| format!("cannot start a thread: {e}"))
+}
+
+/// Mounts the virtio-fs share `tag` at `SHARES/<tag>`, unless it already is.
+fn mount_share(tag: &str) -> Result<PathBuf, String> {
+    if tag.is_empty() || tag.contains('/') || tag == "." || tag == ".." {
+        return Err(format!("invalid share tag {tag:?}"));
+    }
+    let dir = Path::new(SHARES).join(tag);
+    if !is_mount_point(&dir) {
+        crate::server::mount_share(tag, &dir.to_string_lossy())?;
+    }
+    Ok(dir)
+}
+
+fn is_mount_point(dir: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(dir), std::fs::metadata(dir.join(".."))) {
+        (Ok(d), Ok(parent)) => d.dev() != parent.dev(),
+        _ => false,
+    }
+}
+
+/// What okvm cannot enforce inside the guest gets one console line (the
+/// host side documents it).
+fn note_ignored(process: &oci_spec::runtime::Process, label: &str) {
+    if let Some(p) = process.apparmor_profile() {
+        eprintln!(
+            "okvm-init: {label}: ignoring AppArmor profile {p:?} (not enforced in the guest)"
+        );
+    }
+    if let Some(l) = process.selinux_label() {
+        eprintln!("okvm-init: {label}: ignoring SELinux label {l:?} (not enforced in the guest)");
+    }
+}
