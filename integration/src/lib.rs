@@ -8,6 +8,8 @@
 //!   through `integration/run-suite`), where `/dev/kvm` is backed by (emulated)
 //!   hardware virtualization and real guests boot.
 
+pub mod guest;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};

@@ -5,15 +5,16 @@
 
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use okvm::guest::{host_port_path, Client};
-use okvm_integration::{artifact, okvm_bin, require_testhost, text, wait_within};
-use okvm_protocol::{ContainerSpec, RequestBody, ResponseBody, Stdio as GuestStdio, CONTROL_PORT};
+use okvm::guest::host_port_path;
+use okvm_integration::guest::{unpack_busybox, BootedGuest};
+use okvm_integration::{require_testhost, text};
+use okvm_protocol::{ContainerSpec, RequestBody, ResponseBody, Stdio as GuestStdio};
 use serde_json::json;
 
 const LIMIT: Duration = Duration::from_secs(120);
@@ -24,10 +25,7 @@ const TAG: &str = "okvm";
 /// out a sandbox's: `rootfs/` (the busybox image) and `binds/data/` (a host
 /// directory a bind mount brings in).
 struct Guest {
-    child: Child,
-    uds: PathBuf,
-    client: Client,
-    dir: tempfile::TempDir,
+    booted: BootedGuest,
 }
 
 impl Guest {
@@ -35,78 +33,22 @@ impl Guest {
         require_testhost();
         let dir = tempfile::tempdir().unwrap();
         let share = dir.path().join("share");
-        let rootfs = share.join("rootfs");
-        std::fs::create_dir_all(&rootfs).unwrap();
-        let untar = Command::new("tar")
-            .arg("-xf")
-            .arg(artifact("images/busybox-rootfs.tar"))
-            .arg("-C")
-            .arg(&rootfs)
-            .status()
-            .unwrap();
-        assert!(untar.success(), "cannot unpack the busybox image");
+        unpack_busybox(&share.join("rootfs"));
         let data = share.join("binds/data");
         std::fs::create_dir_all(&data).unwrap();
         std::fs::write(data.join("from-host"), "placed by the host\n").unwrap();
-        let uds = dir.path().join("vsock.sock");
-        let ready = UnixListener::bind(host_port_path(&uds, CONTROL_PORT)).unwrap();
-        let mut child = Command::new(okvm_bin())
-            .arg("boot")
-            .arg("--kernel")
-            .arg(artifact("vmlinux"))
-            .arg("--initrd")
-            .arg(artifact("okvm-initrd.img"))
-            .arg("--vsock-uds")
-            .arg(&uds)
-            .arg("--console")
-            .arg(dir.path().join("console.log"))
-            .arg("--share")
-            .arg(format!("{TAG}={}", share.display()))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("okvm.log")).unwrap())
-            .spawn()
-            .expect("target/release/okvm (make builds it)");
-        // The announcement, or the reason it never came.
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || tx.send(Client::accept_ready(&ready).map(|(c, _)| c)));
-        let deadline = Instant::now() + LIMIT;
-        let client = loop {
-            match rx.recv_timeout(Duration::from_millis(100)) {
-                Ok(c) => break c.expect("okvm-init's announcement"),
-                Err(mpsc::RecvTimeoutError::Timeout) => {}
-                Err(e) => panic!("{e}"),
-            }
-            if let Some(st) = child.try_wait().unwrap() {
-                panic!(
-                    "okvm boot ended ({st}) before okvm-init was ready\n{}",
-                    diagnostics(dir.path())
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "okvm-init not ready\n{}",
-                diagnostics(dir.path())
-            );
-        };
-        client.set_timeout(Some(LIMIT)).unwrap();
+        let args = ["--share".to_string(), format!("{TAG}={}", share.display())];
         Guest {
-            child,
-            uds,
-            client,
-            dir,
+            booted: BootedGuest::boot(dir, &args, LIMIT),
         }
     }
 
     fn data_dir(&self) -> PathBuf {
-        self.dir.path().join("share/binds/data")
+        self.booted.dir.path().join("share/binds/data")
     }
 
     fn request(&mut self, body: RequestBody) -> ResponseBody {
-        let what = format!("{body:?}");
-        self.client
-            .request(body)
-            .unwrap_or_else(|e| panic!("{what}: {e}\n{}", diagnostics(self.dir.path())))
+        self.booted.request(body)
     }
 
     fn create(&mut self, spec: ContainerSpec, stdio: GuestStdio) -> u32 {
@@ -115,7 +57,7 @@ impl Guest {
             stdio,
         }) {
             ResponseBody::Created { pid } => pid,
-            other => panic!("create: {other:?}\n{}", diagnostics(self.dir.path())),
+            other => panic!("create: {other:?}\n{}", self.booted.diagnostics()),
         }
     }
 
@@ -126,13 +68,13 @@ impl Guest {
             stdio,
         }) {
             ResponseBody::Started { pid } => pid,
-            other => panic!("exec: {other:?}\n{}", diagnostics(self.dir.path())),
+            other => panic!("exec: {other:?}\n{}", self.booted.diagnostics()),
         }
     }
 
     fn done(&mut self, body: RequestBody) {
         let r = self.request(body);
-        assert_eq!(r, ResponseBody::Done, "\n{}", diagnostics(self.dir.path()));
+        assert_eq!(r, ResponseBody::Done, "\n{}", self.booted.diagnostics());
     }
 
     /// Waits for process `pid` (the container's when None): (code, signal).
@@ -152,7 +94,7 @@ impl Guest {
 
     /// Everything the guest sends to host `port` until it closes the stream.
     fn output(&self, port: u32) -> JoinHandle<String> {
-        let listener = UnixListener::bind(host_port_path(&self.uds, port)).unwrap();
+        let listener = UnixListener::bind(host_port_path(&self.booted.uds, port)).unwrap();
         std::thread::spawn(move || {
             let (mut s, _) = listener.accept().unwrap();
             let mut out = Vec::new();
@@ -163,7 +105,7 @@ impl Guest {
 
     /// The stream the guest opens to host `port` (a terminal's).
     fn stream(&self, port: u32) -> mpsc::Receiver<UnixStream> {
-        let listener = UnixListener::bind(host_port_path(&self.uds, port)).unwrap();
+        let listener = UnixListener::bind(host_port_path(&self.booted.uds, port)).unwrap();
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             if let Ok((s, _)) = listener.accept() {
@@ -173,27 +115,10 @@ impl Guest {
         rx
     }
 
-    fn shutdown(mut self) {
-        self.done(RequestBody::Shutdown);
-        let st = wait_within(&mut self.child, LIMIT, "okvm boot");
-        assert_eq!(st.code(), Some(0), "{}", diagnostics(self.dir.path()));
+    fn shutdown(self) {
+        let (st, _) = self.booted.shutdown(LIMIT);
+        assert_eq!(st.code(), Some(0));
     }
-}
-
-impl Drop for Guest {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn diagnostics(dir: &Path) -> String {
-    let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
-    format!(
-        "okvm log:\n{}\nconsole:\n{}",
-        read("okvm.log"),
-        read("console.log")
-    )
 }
 
 /// The streams given (None: /dev/null).
@@ -326,7 +251,7 @@ fn a_container_runs_in_its_own_root_and_its_exit_code_comes_back() {
     let pid = g.create(spec, streams(None, Some(7001), Some(7002)));
     assert_eq!(g.pids(), [pid], "created: only the prepared process");
     // Several Waits may be pending, on other connections too.
-    let mut other = Client::connect(&g.uds).unwrap();
+    let mut other = okvm::guest::Client::connect(&g.booted.uds).unwrap();
     other.set_timeout(Some(LIMIT)).unwrap();
     let early_wait = std::thread::spawn(move || other.request(RequestBody::Wait { pid: None }));
     g.done(RequestBody::Start);
@@ -355,7 +280,7 @@ fn a_container_runs_in_its_own_root_and_its_exit_code_comes_back() {
     let written = std::fs::read_to_string(g.data_dir().join("from-guest")).unwrap();
     assert_eq!(written, "written\n");
     // okvm-init re-rooted the initramfs, so the stage could pivot_root.
-    let console = std::fs::read_to_string(g.dir.path().join("console.log")).unwrap();
+    let console = std::fs::read_to_string(g.booted.console()).unwrap();
     assert!(!console.contains("pivot_root refused"), "{console}");
     g.shutdown();
 }

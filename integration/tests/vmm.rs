@@ -5,93 +5,58 @@
 use std::io::{Read, Write};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
 
-use okvm::guest::{host_port_path, Client};
+use okvm::guest::host_port_path;
 use okvm_init::banner;
-use okvm_integration::{artifact, okvm_bin, okvm_boot, require_testhost, text, wait_within};
-use okvm_protocol::{Event, RequestBody, ResponseBody, Stdio as GuestStdio, CONTROL_PORT};
+use okvm_integration::guest::{unpack_busybox, BootedGuest};
+use okvm_integration::{artifact, okvm_boot, require_testhost, text};
+use okvm_protocol::{Event, RequestBody, ResponseBody, Stdio as GuestStdio};
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// A directory holding the busybox test image's files, to share as a rootfs.
-fn busybox_rootfs(dir: &Path) -> PathBuf {
-    let root = dir.join("rootfs");
-    std::fs::create_dir_all(&root).unwrap();
-    let st = Command::new("tar")
-        .arg("-xf")
-        .arg(artifact("images/busybox-rootfs.tar"))
-        .arg("-C")
-        .arg(&root)
-        .status()
-        .unwrap();
-    assert!(st.success(), "cannot unpack the busybox image");
-    root
+/// One booted guest with the busybox image shared as tag "rootfs" and
+/// mounted by okvm-init at /rootfs (with /proc, /sys and /dev bound in).
+struct Vm {
+    guest: BootedGuest,
 }
 
-/// One `okvm boot` with a vsock device, its rootfs shared as tag "rootfs" and
-/// mounted by okvm-init at /rootfs, and a control connection to okvm-init.
-struct Vm {
-    child: Child,
-    uds: PathBuf,
-    client: Client,
-    ready: Event,
-    console: PathBuf,
-    dir: tempfile::TempDir,
+impl std::ops::Deref for Vm {
+    type Target = BootedGuest;
+    fn deref(&self) -> &BootedGuest {
+        &self.guest
+    }
+}
+
+impl std::ops::DerefMut for Vm {
+    fn deref_mut(&mut self) -> &mut BootedGuest {
+        &mut self.guest
+    }
 }
 
 impl Vm {
     fn boot(extra: &[&str]) -> Vm {
         require_testhost();
         let dir = tempfile::tempdir().unwrap();
-        let rootfs = busybox_rootfs(dir.path());
-        let uds = dir.path().join("vsock.sock");
-        let console = dir.path().join("console.log");
-        let log = dir.path().join("okvm.log");
-        let ready_listener = UnixListener::bind(host_port_path(&uds, CONTROL_PORT)).unwrap();
-        let child = Command::new(okvm_bin())
-            .arg("boot")
-            .arg("--kernel")
-            .arg(artifact("vmlinux"))
-            .arg("--initrd")
-            .arg(artifact("okvm-initrd.img"))
-            .arg("--vsock-uds")
-            .arg(&uds)
-            .arg("--console")
-            .arg(&console)
-            .arg("--share")
-            .arg(format!("rootfs={}", rootfs.display()))
-            .args(extra)
-            .stdin(Stdio::null())
-            .env("OKVM_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("target/release/okvm (make builds it)");
-        let mut child = child;
-        let (client, ready) = accept_within(&ready_listener, &mut child, &dir, BOOT_TIMEOUT);
+        let rootfs = dir.path().join("rootfs");
+        unpack_busybox(&rootfs);
+        let mut args = vec![
+            "--share".to_string(),
+            format!("rootfs={}", rootfs.display()),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
         let mut vm = Vm {
-            child,
-            uds,
-            client,
-            ready,
-            console,
-            dir,
+            guest: BootedGuest::boot(dir, &args, BOOT_TIMEOUT),
         };
-        // A guest that stops answering fails the test instead of hanging it.
-        vm.client.set_timeout(Some(BOOT_TIMEOUT)).unwrap();
-        let mounted = vm.client.request(RequestBody::Mount {
+        let mounted = vm.request(RequestBody::Mount {
             tag: "rootfs".into(),
             target: "/rootfs".into(),
         });
-        assert!(
-            matches!(mounted, Ok(ResponseBody::Done)),
-            "mount: {mounted:?}"
-        );
+        assert_eq!(mounted, ResponseBody::Done);
         // The image's commands expect /proc, /sys and /dev.
         for fs in ["/proc", "/sys", "/dev"] {
-            let r = vm.client.request(RequestBody::Run {
+            let r = vm.request(RequestBody::Run {
                 args: ["/rootfs/bin/busybox", "mount", "--rbind", fs]
                     .iter()
                     .map(|s| s.to_string())
@@ -103,7 +68,7 @@ impl Vm {
                 stdio: GuestStdio::Capture,
             });
             assert!(
-                matches!(r, Ok(ResponseBody::Exited { code: Some(0), .. })),
+                matches!(r, ResponseBody::Exited { code: Some(0), .. }),
                 "{r:?}"
             );
         }
@@ -129,69 +94,18 @@ impl Vm {
     }
 
     fn run(&mut self, args: &[&str], stdio: GuestStdio) -> ResponseBody {
-        let r = self.client.request(RequestBody::Run {
+        self.request(RequestBody::Run {
             args: args.iter().map(|s| s.to_string()).collect(),
             env: vec![],
             cwd: None,
             root: Some("/rootfs".into()),
             stdio,
-        });
-        r.unwrap_or_else(|e| panic!("running {args:?}: {e}\n{}", diagnostics(self.dir.path())))
+        })
     }
 
     /// Asks okvm-init to power off; returns how `okvm boot` ended.
-    fn shutdown(mut self) -> (ExitStatus, String) {
-        let r = self.client.request(RequestBody::Shutdown);
-        assert!(matches!(r, Ok(ResponseBody::Done)), "{r:?}");
-        let st = wait_within(&mut self.child, BOOT_TIMEOUT, "okvm boot");
-        let err = std::fs::read_to_string(self.dir.path().join("okvm.log")).unwrap_or_default();
-        (st, err)
-    }
-}
-
-impl Drop for Vm {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// okvm's log and the guest's console, for a failure message.
-fn diagnostics(dir: &Path) -> String {
-    let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
-    format!(
-        "okvm log:\n{}\nconsole:\n{}",
-        read("okvm.log"),
-        read("console.log")
-    )
-}
-
-fn accept_within(
-    listener: &UnixListener,
-    child: &mut Child,
-    dir: &tempfile::TempDir,
-    limit: Duration,
-) -> (Client, Event) {
-    listener.set_nonblocking(true).unwrap();
-    let deadline = Instant::now() + limit;
-    loop {
-        match listener.accept() {
-            Ok((s, _)) => return Client::announced(s).expect("okvm-init's announcement"),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(e) => panic!("accept: {e}"),
-        }
-        if let Some(st) = child.try_wait().unwrap() {
-            panic!(
-                "okvm boot exited ({st}) before okvm-init was ready\n{}",
-                diagnostics(dir.path())
-            );
-        }
-        assert!(
-            Instant::now() < deadline,
-            "okvm-init not ready within {limit:?}\n{}",
-            diagnostics(dir.path())
-        );
-        std::thread::sleep(Duration::from_millis(5));
+    fn shutdown(self) -> (ExitStatus, String) {
+        self.guest.shutdown(BOOT_TIMEOUT)
     }
 }
 
@@ -228,7 +142,7 @@ fn okvm_init_announces_itself_and_runs_commands_with_their_exit_status() {
         other => panic!("{other:?}"),
     }
     // The console went to the file we named, and carries the banner.
-    let console = std::fs::read_to_string(&vm.console).unwrap();
+    let console = std::fs::read_to_string(vm.console()).unwrap();
     assert!(console.contains(banner::PREFIX), "{console}");
 
     let (status, err) = vm.shutdown();

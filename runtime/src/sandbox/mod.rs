@@ -123,6 +123,19 @@ fn prepare(args: &Args) -> anyhow::Result<Running> {
         (false, Some(_)) => bail!("--console-socket was given, but process.terminal is not set"),
         _ => {}
     }
+    if bundle
+        .spec
+        .linux()
+        .as_ref()
+        .is_some_and(|l| l.seccomp().is_some())
+    {
+        // docs/oci.md: the VM is the boundary; the guest kernel serves only
+        // this container.
+        log::warn!(
+            "container {}: the seccomp profile is not applied in the guest",
+            args.id
+        );
+    }
     let kernel = assets::kernel()?;
     let initrd = assets::initrd()?;
     let fsd_bin = crate::virtiofsd::find()?;
