@@ -1,0 +1,188 @@
+//! What only a VM runtime must get right, driven through the `okvm` CLI inside
+//! the test host (`integration/run-suite okvm-tests:vm_lifecycle`, with
+//! `OKVM_CONFORMANCE_RUNTIME` naming okvm): SIGKILL of the sandbox process,
+//! a missing rootfs, pause/resume of the vCPUs, detached exec with a pid file,
+//! and signals passed on by a foreground `run`.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use okvm_tests::oci::{state_pid, HostProcess, Sandbox};
+
+const LIMIT: Duration = Duration::from_secs(120);
+
+/// Nothing that names container `id` is left: no process, no mount, no state.
+#[track_caller]
+fn assert_no_trace(sb: &Sandbox, id: &str) {
+    assert!(!sb.root().join(id).exists(), "state directory left");
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(id), "a mount names {id}:\n{mounts}");
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        let procs: Vec<String> = std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+            .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+            .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+            .filter(|c| c.contains(id))
+            .collect();
+        if procs.is_empty() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "processes left: {procs:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+#[ignore = "boots VMs: inside the test host with OKVM_CONFORMANCE_RUNTIME=okvm"]
+fn sigkill_of_the_sandbox_then_delete_leaves_nothing() {
+    let sb = Sandbox::new();
+    let id = sb.new_id("sigkill");
+    let bundle = sb.bundle("sigkill", &["sleep", "1000"]);
+    let state = sb.start_container(&id, &bundle);
+    let sandbox = HostProcess::find(state_pid(&state)).expect("the sandbox runs");
+    nix_kill(sandbox.pid, 9);
+    let deadline = Instant::now() + LIMIT;
+    while sb.state(&id)["status"] != "stopped" {
+        assert!(Instant::now() < deadline, "{:#}", sb.state(&id));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    sb.invoke(&["delete", &id]).assert_success();
+    assert_no_trace(&sb, &id);
+}
+
+#[test]
+#[ignore = "boots VMs: inside the test host with OKVM_CONFORMANCE_RUNTIME=okvm"]
+fn a_missing_rootfs_is_named_and_leaves_nothing() {
+    let sb = Sandbox::new();
+    let id = sb.new_id("norootfs");
+    let bundle = sb.bundle("norootfs", &["true"]);
+    std::fs::remove_dir_all(bundle.rootfs()).unwrap();
+    sb.create(&id, bundle.path(), &[])
+        .assert_failure_with_message()
+        .assert_stderr_mentions_any(&["rootfs"]);
+    assert_no_trace(&sb, &id);
+}
+
+#[test]
+#[ignore = "boots VMs: inside the test host with OKVM_CONFORMANCE_RUNTIME=okvm"]
+fn pause_stops_the_guest_and_resume_continues_it() {
+    let sb = Sandbox::new();
+    let id = sb.new_id("pause");
+    let bundle = sb.bundle(
+        "pause",
+        &["sh", "-c", "i=0; while :; do i=$((i+1)); echo $i > /count.tmp; mv /count.tmp /count; sleep 0.1; done"],
+    );
+    sb.start_container(&id, &bundle);
+    bundle.wait_for_marker("count");
+    sb.invoke(&["pause", &id]).assert_success();
+    assert_eq!(sb.state(&id)["status"], "paused");
+    std::thread::sleep(Duration::from_millis(500));
+    let frozen = bundle.wait_for_marker("count");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        bundle.wait_for_marker("count"),
+        frozen,
+        "the guest ran while paused"
+    );
+    sb.invoke(&["start", &id]).assert_failure_with_message();
+    sb.invoke(&["resume", &id]).assert_success();
+    assert_eq!(sb.state(&id)["status"], "running");
+    let deadline = Instant::now() + LIMIT;
+    while bundle.wait_for_marker("count") == frozen {
+        assert!(Instant::now() < deadline, "the guest did not resume");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    sb.invoke(&["delete", "--force", &id]).assert_success();
+    assert_no_trace(&sb, &id);
+}
+
+#[test]
+#[ignore = "boots VMs: inside the test host with OKVM_CONFORMANCE_RUNTIME=okvm"]
+fn detached_exec_writes_the_proxy_pid_which_ends_with_the_process() {
+    let sb = Sandbox::new();
+    let id = sb.new_id("exec");
+    let bundle = sb.bundle("exec", &["sleep", "1000"]);
+    sb.start_container(&id, &bundle);
+    let pid_file = sb.work_file("exec.pid");
+    let pf = pid_file.display().to_string();
+    sb.invoke(&[
+        "exec",
+        "--detach",
+        "--pid-file",
+        &pf,
+        &id,
+        "sh",
+        "-c",
+        "sleep 1; echo hi > /exec-mark",
+    ])
+    .assert_success();
+    let pid: i64 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(bundle.wait_for_marker("exec-mark"), "hi\n");
+    let deadline = Instant::now() + LIMIT;
+    while HostProcess::find(pid).is_some_and(|p| p.is_running()) {
+        assert!(
+            Instant::now() < deadline,
+            "the exec proxy {pid} outlived its process"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // A non-detached exec ends with the process's code.
+    let out = sb.invoke(&["exec", &id, "sh", "-c", "exit 6"]);
+    assert_eq!(out.code(), Some(6), "{out:#?}");
+    sb.invoke(&["delete", "--force", &id]).assert_success();
+    assert_no_trace(&sb, &id);
+}
+
+#[test]
+#[ignore = "boots VMs: inside the test host with OKVM_CONFORMANCE_RUNTIME=okvm"]
+fn a_foreground_run_passes_sigterm_on_and_ends_as_the_container() {
+    let sb = Sandbox::new();
+    let id = sb.new_id("fg");
+    let bundle = sb.bundle(
+        "fg",
+        &[
+            "sh",
+            "-c",
+            "trap 'echo term > /got; exit 9' TERM; touch /ready; while :; do sleep 0.1; done",
+        ],
+    );
+    let mut child = sb
+        .command()
+        .args(["run", "--bundle"])
+        .arg(bundle.path())
+        .arg(&id)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    bundle.wait_for_marker("ready");
+    nix_kill(child.id() as i64, 15);
+    let deadline = Instant::now() + LIMIT;
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(Instant::now() < deadline, "okvm run did not end");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(9));
+    assert_eq!(bundle.wait_for_marker("got"), "term\n");
+    assert_no_trace(&sb, &id);
+}
+
+fn nix_kill(pid: i64, sig: i32) {
+    let st = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
