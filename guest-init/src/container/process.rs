@@ -280,9 +280,13 @@ fn switch_user(process: &Process, warnings: &mut Vec<String>) -> Result<(), Stri
         caps::set(None, set, value)
             .map_err(|e| fail(&format!("set the {set:?} capabilities"), &e))?;
     }
+    // As runc: an ambient capability the kernel refuses (it must also be
+    // permitted and inheritable) is a warning, not a failure; runc's default
+    // spec asks for ambient capabilities without inheritable ones.
     for c in &sets.ambient {
-        caps::raise(None, CapSet::Ambient, *c)
-            .map_err(|e| fail(&format!("raise ambient {c}"), &e))?;
+        if let Err(e) = caps::raise(None, CapSet::Ambient, *c) {
+            eprintln!("okvm-init: cannot raise ambient {c}: {e}");
+        }
     }
     Ok(())
 }
