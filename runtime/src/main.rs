@@ -167,6 +167,10 @@ fn parse() -> Cli {
         .mut_arg("systemd_cgroup", |a| {
             a.help("Accepted for runc compatibility (the VM is the boundary)")
         })
+        // runc's kill sends SIGTERM when no signal is named.
+        .mut_subcommand("kill", |c| {
+            c.mut_arg("signal", |a| a.required(false).default_value("SIGTERM"))
+        })
         // liboci-cli spells it "checkpointt"; okvm cannot checkpoint anyway.
         .mut_subcommand("checkpointt", |c| c.hide(true));
     let matches = cmd.get_matches();
