@@ -9,7 +9,6 @@
 use std::io::{Read, Write};
 use std::path::Path;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context as _};
 use oci_spec::runtime::{Process, User};
@@ -20,11 +19,8 @@ use super::Context;
 use crate::bundle::Bundle;
 use crate::guest::Client;
 use crate::relay;
-use crate::sandbox::{exit_like, relay_signals, relayed_signals, VSOCK};
+use crate::sandbox::{follow, relayed_signals, STREAM_TIMEOUT, VSOCK};
 use crate::state::{Action, Container};
-
-const STREAM_TIMEOUT: Duration = Duration::from_secs(30);
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub fn run(ctx: &Context, args: liboci_cli::Exec) -> anyhow::Result<ExitCode> {
     let container = Container::open(&ctx.root, &args.container_id)?;
@@ -176,21 +172,7 @@ impl Proxy {
         })
     }
 
-    fn run(mut self) -> ! {
-        let (uds, pid, tty) = (self.uds.clone(), self.pid, self.attached.tty());
-        let _ = std::thread::Builder::new()
-            .name("signals".into())
-            .spawn(move || relay_signals(&uds, Some(pid), tty));
-        match self.client.request(RequestBody::Wait {
-            pid: Some(self.pid),
-        }) {
-            Ok(ResponseBody::Exited { code, signal, .. }) => {
-                self.attached.drain(DRAIN_TIMEOUT);
-                exit_like(code, signal)
-            }
-            Ok(other) => log::error!("unexpected answer from the guest to wait: {other:?}"),
-            Err(e) => log::error!("lost the guest while waiting for the exec'd process: {e}"),
-        }
-        std::process::exit(255)
+    fn run(self) -> ! {
+        follow(self.client, &self.uds, Some(self.pid), self.attached)
     }
 }

@@ -39,7 +39,7 @@ pub const CONTAINER_PORTS: u32 = 1100;
 /// How long the guest may take to boot and prepare the process. Generous:
 /// a nested or throttled host is slow, and a hang still ends.
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
-const STREAM_TIMEOUT: Duration = Duration::from_secs(30);
+pub const STREAM_TIMEOUT: Duration = Duration::from_secs(30);
 /// After the process ended, its last output may still be on its way.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -272,23 +272,29 @@ fn console_tail(path: &Path) -> String {
 }
 
 impl Running {
-    fn run(mut self) -> ! {
-        let tty = self.attached.tty();
-        let uds = self.uds.clone();
-        let _ = std::thread::Builder::new()
-            .name("signals".into())
-            .spawn(move || relay_signals(&uds, None, tty));
-        let exit = self.client.request(RequestBody::Wait { pid: None });
-        match exit {
-            Ok(ResponseBody::Exited { code, signal, .. }) => {
-                self.attached.drain(DRAIN_TIMEOUT);
-                exit_like(code, signal)
-            }
-            Ok(other) => log::error!("unexpected answer from the guest to wait: {other:?}"),
-            Err(e) => log::error!("lost the guest while waiting for the container: {e}"),
-        }
-        std::process::exit(255)
+    fn run(self) -> ! {
+        follow(self.client, &self.uds, None, self.attached)
     }
+}
+
+/// The host side of one guest process until its end: passes on the signals
+/// this process receives, waits for the process (the container's when `pid`
+/// is None), lets its last output through, and ends this process as it ended.
+/// Shared by the sandbox and `okvm exec`'s proxy.
+pub fn follow(mut client: Client, uds: &Path, pid: Option<u32>, attached: relay::Attached) -> ! {
+    let (uds_owned, tty) = (uds.to_path_buf(), attached.tty());
+    let _ = std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || relay_signals(&uds_owned, pid, tty));
+    match client.request(RequestBody::Wait { pid }) {
+        Ok(ResponseBody::Exited { code, signal, .. }) => {
+            attached.drain(DRAIN_TIMEOUT);
+            exit_like(code, signal)
+        }
+        Ok(other) => log::error!("unexpected answer from the guest to wait: {other:?}"),
+        Err(e) => log::error!("lost the guest while waiting for its process: {e}"),
+    }
+    std::process::exit(255)
 }
 
 /// Passes the signals this process receives on to process `pid` in the guest
