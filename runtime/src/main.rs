@@ -107,17 +107,13 @@ fn main() -> ExitCode {
     } else {
         log::LevelFilter::Warn
     };
+    let mut ctx = okvm::cli::Context::new(cli.global.root.clone());
     // The sandbox's stdio belong to the container: without --log it logs
     // into its state directory.
     let log_file = match (&cli.command, &cli.global.log) {
-        (Some(Command::Sandbox { id, .. }), None) => Some(
-            cli.global
-                .root
-                .clone()
-                .unwrap_or_else(|| okvm::state::DEFAULT_ROOT.into())
-                .join(id)
-                .join(okvm::sandbox::LOG),
-        ),
+        (Some(Command::Sandbox { id, .. }), None) => {
+            Some(ctx.root.join(id).join(okvm::sandbox::LOG))
+        }
         (_, log) => log.clone(),
     };
     okvm::logger::init(level, log_file.as_deref(), format);
@@ -130,7 +126,6 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let cli_log_is_file = cli.global.log.is_some();
-    let mut ctx = okvm::cli::Context::new(cli.global.root.clone());
     ctx.log = cli.global.log.clone();
     ctx.log_format = cli.global.log_format.clone();
     ctx.debug = cli.global.debug;

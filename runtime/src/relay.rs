@@ -81,17 +81,8 @@ fn is_dev_null(fd: RawFd) -> bool {
     let (Ok(m), Ok(null)) = (f.metadata(), std::fs::metadata("/dev/null")) else {
         return false;
     };
-    use std::os::unix::fs::MetadataExt;
-    m.rdev() == null.rdev() && m.file_type().is_char_device_like()
-}
-
-trait CharDevice {
-    fn is_char_device_like(&self) -> bool;
-}
-impl CharDevice for std::fs::FileType {
-    fn is_char_device_like(&self) -> bool {
-        std::os::unix::fs::FileTypeExt::is_char_device(self)
-    }
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    m.file_type().is_char_device() && m.rdev() == null.rdev()
 }
 
 fn listen(uds: &Path, port: u32, role: Role) -> Result<(Role, UnixListener, PathBuf), Error> {

@@ -15,22 +15,20 @@ pub fn run(ctx: &Context, args: liboci_cli::Kill) -> anyhow::Result<()> {
     let signal = parse_signal(&args.signal)?;
     let container = Container::open(&ctx.root, &args.container_id)?;
     let state = container.check(Action::Kill)?;
-    let sandbox = Procs::load(&container.dir).sandbox;
-    // A paused guest cannot answer; SIGKILL needs no answer: the sandbox
-    // dies, and conmon sees the container killed by SIGKILL, as with runc.
-    if state.status == Status::Paused || signal == Signal::SIGKILL {
-        if signal == Signal::SIGKILL {
-            if let Some(p) = sandbox {
-                p.signal(libc::SIGKILL);
-                return Ok(());
-            }
+    // SIGKILL needs no answer from the guest: the sandbox dies, and conmon
+    // sees the container killed by SIGKILL, as with runc.
+    if signal == Signal::SIGKILL {
+        if let Some(p) = Procs::load(&container.dir).sandbox {
+            p.signal(libc::SIGKILL);
+            return Ok(());
         }
-        if state.status == Status::Paused {
-            bail!(
-                "container {} is paused: resume it first, or send SIGKILL",
-                container.id
-            );
-        }
+    }
+    // A paused guest cannot answer.
+    if state.status == Status::Paused {
+        bail!(
+            "container {} is paused: resume it first, or send SIGKILL",
+            container.id
+        );
     }
     let mut client = Client::connect(&container.dir.join(VSOCK))?;
     match client.request(RequestBody::Signal {
