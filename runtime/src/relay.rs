@@ -145,7 +145,11 @@ impl Pending {
         let mut outputs = Vec::new();
         let tty_fd = self.tty.as_ref().map(|t| t.as_raw_fd());
         for (role, listener, path) in self.listeners {
-            let stream = accept_within(&listener, timeout).ok_or(Error::NoStream(role.name()));
+            let deadline = Instant::now() + timeout;
+            let stream = accept_while(&listener, || Instant::now() < deadline)
+                .ok()
+                .flatten()
+                .ok_or(Error::NoStream(role.name()));
             let _ = std::fs::remove_file(&path);
             let stream = stream?;
             match role {
@@ -189,20 +193,26 @@ impl Attached {
     }
 }
 
-fn accept_within(l: &UnixListener, timeout: Duration) -> Option<UnixStream> {
-    l.set_nonblocking(true).ok()?;
-    let deadline = Instant::now() + timeout;
+/// Accepts one connection on `l`, polling while `keep_waiting` says so:
+/// None once it says stop. The stream returned is blocking.
+pub fn accept_while(
+    l: &UnixListener,
+    mut keep_waiting: impl FnMut() -> bool,
+) -> io::Result<Option<UnixStream>> {
+    l.set_nonblocking(true)?;
     loop {
         match l.accept() {
             Ok((s, _)) => {
-                s.set_nonblocking(false).ok()?;
-                return Some(s);
+                s.set_nonblocking(false)?;
+                return Ok(Some(s));
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock && Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(2));
-            }
-            Err(_) => return None,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
         }
+        if !keep_waiting() {
+            return Ok(None);
+        }
+        std::thread::sleep(Duration::from_millis(2));
     }
 }
 

@@ -235,25 +235,17 @@ fn accept_ready(
     vmm: &std::thread::JoinHandle<()>,
     console: &Path,
 ) -> anyhow::Result<std::os::unix::net::UnixStream> {
-    listener.set_nonblocking(true)?;
     let deadline = Instant::now() + READY_TIMEOUT;
-    loop {
-        match listener.accept() {
-            Ok((s, _)) => return Ok(s),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e).context("waiting for the guest"),
-        }
-        if vmm.is_finished() {
-            bail!("the VM stopped before the guest was ready");
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "the guest was not ready within {} s{}",
-                READY_TIMEOUT.as_secs(),
-                console_tail(console)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(2));
+    let stream = relay::accept_while(listener, || !vmm.is_finished() && Instant::now() < deadline)
+        .context("waiting for the guest")?;
+    match stream {
+        Some(s) => Ok(s),
+        None if vmm.is_finished() => bail!("the VM stopped before the guest was ready"),
+        None => bail!(
+            "the guest was not ready within {} s{}",
+            READY_TIMEOUT.as_secs(),
+            console_tail(console)
+        ),
     }
 }
 
