@@ -64,7 +64,7 @@ struct BootArgs {
     #[arg(long)]
     initrd: Option<PathBuf>,
     /// Kernel command line (okvm appends `acpi=off` and the virtio-mmio device list).
-    #[arg(long, default_value = "console=ttyS0 reboot=k panic=-1 quiet")]
+    #[arg(long, default_value = okvm::sandbox::CMDLINE)]
     cmdline: String,
     /// Number of vCPUs (1 to 8).
     #[arg(long, default_value_t = 1)]

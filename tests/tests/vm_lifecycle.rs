@@ -153,6 +153,7 @@ fn a_foreground_run_passes_sigterm_on_and_ends_as_the_container() {
             "trap 'echo term > /got; exit 9' TERM; touch /ready; while :; do sleep 0.1; done",
         ],
     );
+    let stderr_path = bundle.path().join("okvm-run.stderr");
     let mut child = sb
         .command()
         .args(["run", "--bundle"])
@@ -160,10 +161,25 @@ fn a_foreground_run_passes_sigterm_on_and_ends_as_the_container() {
         .arg(&id)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&stderr_path).unwrap())
         .spawn()
         .unwrap();
-    bundle.wait_for_marker("ready");
+    // `run` includes the whole boot, so this wait gets the boot-inclusive limit,
+    // and a run that ends early is reported with what okvm printed.
+    let deadline = Instant::now() + LIMIT;
+    while !bundle.has_marker("ready") {
+        if let Some(st) = child.try_wait().unwrap() {
+            panic!(
+                "okvm run ended ({st}) before the container was ready: {}",
+                std::fs::read_to_string(&stderr_path).unwrap_or_default()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the container never became ready"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     nix_kill(child.id() as i64, 15);
     let deadline = Instant::now() + LIMIT;
     let status = loop {

@@ -108,12 +108,14 @@ pub enum Error {
     UnexpectedExit(String),
     #[error("the guest kernel panicked: {0}")]
     GuestPanic(String),
+    #[error("the guest CPU crashed (triple fault, not a reboot request): {0}")]
+    TripleFault(String),
 }
 
 /// How the guest ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exit {
-    /// The guest asked for a reset (i8042 or triple fault): okvm's power-off.
+    /// The guest asked for a reset through the i8042: okvm's power-off.
     Reset,
 }
 
@@ -312,6 +314,17 @@ fn run_vcpus<W: Write + Send + 'static>(
     first
 }
 
+/// Where a crashed vCPU was, in the registers that tell boot-time faults apart.
+fn cpu_summary(vcpu: &VcpuFd) -> String {
+    match (vcpu.get_regs(), vcpu.get_sregs()) {
+        (Ok(r), Ok(s)) => format!(
+            "rip {:#x} rsp {:#x} rflags {:#x} cr0 {:#x} cr2 {:#x} cr3 {:#x} cr4 {:#x} efer {:#x}",
+            r.rip, r.rsp, r.rflags, s.cr0, s.cr2, s.cr3, s.cr4, s.efer
+        ),
+        (Err(e), _) | (_, Err(e)) => format!("its registers are unreadable: {e}"),
+    }
+}
+
 fn vcpu_loop<W: Write>(
     mut vcpu: VcpuFd,
     legacy: &Mutex<Legacy<W>>,
@@ -347,7 +360,9 @@ fn vcpu_loop<W: Write>(
             Ok(VcpuExit::MmioWrite(addr, data)) => {
                 bus.write(addr, data);
             }
-            Ok(VcpuExit::Shutdown) => return Ok(Exit::Reset),
+            // Linux reboots through the i8042 (reboot=k), so a shutdown exit is
+            // a CPU that faulted with no way out: report where it was.
+            Ok(VcpuExit::Shutdown) => return Err(Error::TripleFault(cpu_summary(&vcpu))),
             Ok(VcpuExit::Hlt) => {
                 return Err(Error::UnexpectedExit(
                     "a vCPU halted with interrupts off".into(),
