@@ -100,10 +100,11 @@ impl Ipv4Net {
     }
 }
 
-fn mask(prefix_len: u8) -> u32 {
+/// The netmask of an IPv4 prefix; prefixes past 32 count as 32.
+pub(crate) fn mask(prefix_len: u8) -> u32 {
     // checked_shl: a shift by 32 (prefix 0) would overflow.
     u32::MAX
-        .checked_shl(32 - u32::from(prefix_len))
+        .checked_shl(32 - u32::from(prefix_len.min(32)))
         .unwrap_or(0)
 }
 
@@ -117,24 +118,48 @@ impl FromStr for Ipv4Net {
     type Err = NetParseError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (addr, prefix) = s.split_once('/').ok_or_else(|| NetParseError::NotCidr {
-            input: s.to_owned(),
+        let (addr, prefix_len) = parse_cidr::<Ipv4Addr>(s, |_| 32).map_err(|e| match e {
+            CidrSyntax::NotCidr => NetParseError::NotCidr {
+                input: s.to_owned(),
+            },
+            CidrSyntax::BadAddress(input) => NetParseError::BadAddress {
+                input: input.to_owned(),
+            },
+            CidrSyntax::BadPrefix(input, _) => NetParseError::BadPrefix {
+                input: input.to_owned(),
+            },
         })?;
-        let addr: Ipv4Addr = addr.parse().map_err(|_| NetParseError::BadAddress {
-            input: addr.to_owned(),
-        })?;
-        // u8::from_str accepts a leading '+', which is not CIDR.
-        let prefix_len = prefix
-            .bytes()
-            .all(|b| b.is_ascii_digit())
-            .then(|| prefix.parse::<u8>().ok())
-            .flatten()
-            .filter(|p| *p <= 32)
-            .ok_or_else(|| NetParseError::BadPrefix {
-                input: prefix.to_owned(),
-            })?;
         Self::new(addr, prefix_len)
     }
+}
+
+/// Which part of a CIDR string is wrong, for callers to put in their own
+/// error type.
+pub(crate) enum CidrSyntax<'a> {
+    NotCidr,
+    BadAddress(&'a str),
+    /// The prefix, and the longest one the address allows.
+    BadPrefix(&'a str, u8),
+}
+
+/// Splits `ADDR/PREFIX`, parsing the address as `A` and refusing a prefix
+/// longer than `max_prefix_len` says the address allows.
+pub(crate) fn parse_cidr<A: FromStr>(
+    s: &str,
+    max_prefix_len: impl Fn(&A) -> u8,
+) -> Result<(A, u8), CidrSyntax<'_>> {
+    let (addr, prefix) = s.split_once('/').ok_or(CidrSyntax::NotCidr)?;
+    let addr: A = addr.parse().map_err(|_| CidrSyntax::BadAddress(addr))?;
+    let max = max_prefix_len(&addr);
+    // u8::from_str accepts a leading '+', which is not CIDR.
+    let prefix_len = prefix
+        .bytes()
+        .all(|b| b.is_ascii_digit())
+        .then(|| prefix.parse::<u8>().ok())
+        .flatten()
+        .filter(|p| *p <= max)
+        .ok_or(CidrSyntax::BadPrefix(prefix, max))?;
+    Ok((addr, prefix_len))
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 
 pub mod banner;
 pub mod container;
+pub mod network;
 pub mod reaper;
 pub mod root;
 pub mod server;

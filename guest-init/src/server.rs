@@ -71,6 +71,9 @@ fn handle(body: RequestBody) -> ResponseBody {
         } => run(&args, &env, cwd.as_deref(), root.as_deref(), &stdio),
         RequestBody::Create { container, stdio } => container::create(*container, &stdio),
         RequestBody::Start => container::start(),
+        RequestBody::Network { interfaces } => {
+            crate::network::configure(&interfaces).map(|()| ResponseBody::Done)
+        }
         RequestBody::Wait { pid } => container::wait(pid),
         RequestBody::Exec { process, stdio } => container::exec(*process, &stdio),
         RequestBody::Signal { pid, signal, all } => container::signal(pid, signal, all),

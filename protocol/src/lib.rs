@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 pub const MAGIC: [u8; 2] = *b"OK";
 /// Bumped on any incompatible change to the messages below.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 pub const HEADER_LEN: usize = 8;
 /// Larger frames are refused: no legitimate message comes near it.
 pub const MAX_PAYLOAD: usize = 1 << 20;
@@ -69,6 +69,12 @@ pub enum RequestBody {
     },
     /// Let the created container process exec.
     Start,
+    /// Configure the guest's network before any container runs: loopback up,
+    /// and each NIC (found by its MAC) with its MTU, addresses and routes.
+    /// Answered with [`ResponseBody::Done`].
+    Network {
+        interfaces: Vec<cni_free_net::InterfaceConfig>,
+    },
     /// Answer with [`ResponseBody::Exited`] once process `pid` ends (the
     /// container process when `pid` is None). Several waits may be pending.
     Wait { pid: Option<u32> },

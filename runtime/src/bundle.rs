@@ -67,6 +67,30 @@ pub struct Plan {
     pub terminal: bool,
 }
 
+impl Plan {
+    /// Binds host file `source` read-only at `dest` in the container, unless
+    /// the spec already mounts something there (the engine's choice wins).
+    pub fn bind_unless_mounted(&mut self, source: PathBuf, dest: &str) {
+        let mounts = &mut self.container.mounts;
+        if mounts.iter().any(|m| m.destination() == Path::new(dest)) {
+            return;
+        }
+        let name = format!("mounts/{}", mounts.len());
+        let mut m = Mount::default();
+        m.set_destination(dest.into());
+        m.set_typ(Some("bind".into()));
+        m.set_source(Some(name.clone().into()));
+        m.set_options(Some(vec!["rbind".into(), "ro".into()]));
+        mounts.push(m);
+        self.entries.push(ShareEntry {
+            name,
+            source,
+            readonly: true,
+            recursive: false,
+        });
+    }
+}
+
 pub struct Bundle {
     pub dir: PathBuf,
     pub spec: Spec,

@@ -9,6 +9,7 @@ pub mod guest;
 pub mod initramfs;
 pub mod kvm_check;
 pub mod logger;
+pub mod network;
 pub mod procs;
 pub mod relay;
 pub mod sandbox;

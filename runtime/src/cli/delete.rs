@@ -31,8 +31,8 @@ pub fn run(ctx: &Context, args: liboci_cli::Delete) -> anyhow::Result<()> {
 }
 
 /// Kills every process the container's sandbox recorded (the sandbox, and
-/// virtiofsd, which would die with it anyway), then removes the state
-/// directory. The share's mounts lived in the sandbox's own mount namespace
+/// virtiofsd, which would die with it anyway), removes its network (tap, tc
+/// state, address lease), then removes the state directory. The share's mounts lived in the sandbox's own mount namespace
 /// and are gone with it.
 pub fn destroy(container: Container) {
     let procs = Procs::load(&container.dir);
@@ -45,6 +45,7 @@ pub fn destroy(container: Container) {
             );
         }
     }
+    crate::network::teardown(&container.dir);
     let id = container.id.clone();
     if let Err(e) = container.remove() {
         log::warn!("container {id}: {e}");

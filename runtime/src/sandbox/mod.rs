@@ -24,7 +24,7 @@ use crate::bundle::{Bundle, SHARE_TAG};
 use crate::guest::{host_port_path, Client};
 use crate::procs::{Proc, Procs};
 use crate::virtiofsd::Virtiofsd;
-use crate::{assets, relay};
+use crate::{assets, network, relay};
 
 /// The write end of the pipe `create` reads the outcome from.
 pub const SYNC_FD: RawFd = 3;
@@ -117,7 +117,8 @@ struct Running {
 fn prepare(args: &Args) -> anyhow::Result<Running> {
     let dir = args.root.join(&args.id);
     let bundle = Bundle::load(&args.bundle)?;
-    let plan = bundle.plan(&args.id)?;
+    let mut plan = bundle.plan(&args.id)?;
+    let net_mode = network::Mode::of(&bundle.spec)?;
     match (plan.terminal, &args.console_socket) {
         (true, None) => bail!("process.terminal is set, but no --console-socket was given"),
         (false, Some(_)) => bail!("--console-socket was given, but process.terminal is not set"),
@@ -140,6 +141,12 @@ fn prepare(args: &Args) -> anyhow::Result<Running> {
     let initrd = assets::initrd()?;
     let fsd_bin = crate::virtiofsd::find()?;
 
+    // Before any thread: mirror mode moves this process into the engine's
+    // network namespace.
+    let net = network::setup(&net_mode, &args.id, &dir)?;
+    if let Some(resolv) = &net.resolv_conf {
+        plan.bind_unless_mounted(resolv.clone(), "/etc/resolv.conf");
+    }
     share::private_namespace()?;
     let share = dir.join(SHARE);
     share::assemble(&share, &plan.entries)?;
@@ -173,7 +180,7 @@ fn prepare(args: &Args) -> anyhow::Result<Running> {
             tag: SHARE_TAG.into(),
             socket: virtiofsd.socket().into(),
         }],
-        net: None,
+        net: net.nic.clone(),
         vsock: Some(okvm_vmm::vm::VsockConfig {
             guest_cid: crate::boot::GUEST_CID,
             uds: uds.clone(),
@@ -206,6 +213,13 @@ fn prepare(args: &Args) -> anyhow::Result<Running> {
     let _ = std::fs::remove_file(host_port_path(&uds, CONTROL_PORT));
     let (mut client, _ready) = Client::announced(stream)?;
     client.set_timeout(Some(READY_TIMEOUT))?;
+    match client.request(RequestBody::Network {
+        interfaces: net.guest,
+    })? {
+        ResponseBody::Done => {}
+        ResponseBody::Error { message } => bail!("cannot configure the guest's network: {message}"),
+        other => bail!("unexpected answer from the guest to the network settings: {other:?}"),
+    }
     let created = client.request(RequestBody::Create {
         container: Box::new(plan.container),
         stdio: pending.stdio.clone(),

@@ -1,0 +1,214 @@
+//! The host's bridge-mode settings: `/etc/okvm/network.conf` (or the file
+//! `OKVM_NETWORK_CONF` names), `key=value` lines, `#` comments. Every key is
+//! optional; a missing file means the defaults.
+//!
+//! ```text
+//! bridge=okvm0                         # the bridge okvm makes and addresses
+//! subnet=10.87.0.0/24                  # this host's subnet; .1 is the bridge
+//! leases=/var/lib/okvm/network/okvm0.leases
+//! rules=/etc/okvm/bridge.rules         # which bridge a tap joins
+//! dns=192.0.2.53,192.0.2.54            # default: the host's non-loopback nameservers
+//! ```
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context as _};
+use cni_free_net::{Ipv4Net, Rules};
+
+pub const DEFAULT_PATH: &str = "/etc/okvm/network.conf";
+pub const ENV_PATH: &str = "OKVM_NETWORK_CONF";
+const DEFAULT_RULES: &str = "/etc/okvm/bridge.rules";
+const HOST_RESOLV_CONF: &str = "/etc/resolv.conf";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conf {
+    pub bridge: String,
+    pub subnet: Ipv4Net,
+    pub leases: PathBuf,
+    rules: Option<PathBuf>,
+    pub dns: Option<Vec<IpAddr>>,
+}
+
+impl Default for Conf {
+    fn default() -> Conf {
+        Conf {
+            bridge: "okvm0".into(),
+            subnet: Ipv4Net::new([10, 87, 0, 0].into(), 24).expect("a valid subnet"),
+            leases: "/var/lib/okvm/network/okvm0.leases".into(),
+            rules: None,
+            dns: None,
+        }
+    }
+}
+
+impl Conf {
+    /// The settings in force: the file `OKVM_NETWORK_CONF` names, else
+    /// /etc/okvm/network.conf when it exists, else the defaults.
+    pub fn load() -> anyhow::Result<Conf> {
+        match std::env::var_os(ENV_PATH) {
+            Some(p) => Conf::read(Path::new(&p)),
+            None if Path::new(DEFAULT_PATH).exists() => Conf::read(Path::new(DEFAULT_PATH)),
+            None => Ok(Conf::default()),
+        }
+    }
+
+    fn read(path: &Path) -> anyhow::Result<Conf> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        Conf::parse(&text).with_context(|| format!("in {}", path.display()))
+    }
+
+    pub fn parse(text: &str) -> anyhow::Result<Conf> {
+        let mut conf = Conf::default();
+        let mut leases_set = false;
+        for (n, line) in text.lines().enumerate() {
+            let line = line.split('#').next().unwrap_or("").trim();
+            if line.is_empty() {
+                continue;
+            }
+            let Some((key, value)) = line.split_once('=') else {
+                bail!("line {}: expected key=value, found {line:?}", n + 1);
+            };
+            let (key, value) = (key.trim(), value.trim());
+            match key {
+                "bridge" => {
+                    cni_free_net::IfName::new(value)
+                        .with_context(|| format!("line {}: bridge", n + 1))?;
+                    conf.bridge = value.into();
+                }
+                "subnet" => {
+                    conf.subnet = value
+                        .parse()
+                        .with_context(|| format!("line {}: subnet", n + 1))?
+                }
+                "leases" => {
+                    conf.leases = value.into();
+                    leases_set = true;
+                }
+                "rules" => conf.rules = Some(value.into()),
+                "dns" => {
+                    let servers = value
+                        .split(',')
+                        .map(|s| s.trim().parse::<IpAddr>())
+                        .collect::<Result<Vec<_>, _>>()
+                        .with_context(|| format!("line {}: dns {value:?}", n + 1))?;
+                    conf.dns = Some(servers);
+                }
+                other => bail!(
+                    "line {}: unknown key {other:?} (known: bridge, subnet, leases, rules, dns)",
+                    n + 1
+                ),
+            }
+        }
+        if !leases_set {
+            conf.leases = format!("/var/lib/okvm/network/{}.leases", conf.bridge).into();
+        }
+        Ok(conf)
+    }
+
+    /// The rules file in force (it need not exist).
+    pub fn rules_path(&self) -> PathBuf {
+        self.rules.clone().unwrap_or_else(|| DEFAULT_RULES.into())
+    }
+
+    /// The attach rules: the rules file, or without one the built-in rule
+    /// that sends okvm's taps to [`Conf::bridge`].
+    pub fn rules(&self) -> anyhow::Result<Rules> {
+        let path = self.rules_path();
+        if self.rules.is_some() || path.exists() {
+            return Ok(Rules::load(&path)?);
+        }
+        Ok(Rules::parse(&format!(
+            "match-name=okt* bridge={}",
+            self.bridge
+        ))?)
+    }
+
+    /// The guest's resolv.conf: the configured servers, else the host's own
+    /// minus loopback ones (a stub resolver on the host's 127.0.0.53 is not
+    /// reachable from a guest), with the host's search and options lines.
+    pub fn resolv_conf(&self) -> String {
+        let host = std::fs::read_to_string(HOST_RESOLV_CONF).unwrap_or_default();
+        resolv_conf(&host, self.dns.as_deref())
+    }
+}
+
+fn resolv_conf(host: &str, dns: Option<&[IpAddr]>) -> String {
+    let mut out = String::new();
+    for line in host.lines() {
+        let mut words = line.split_whitespace();
+        match (words.next(), words.next()) {
+            (Some("search" | "domain" | "options"), _) => {
+                out.push_str(line.trim());
+                out.push('\n');
+            }
+            (Some("nameserver"), Some(addr))
+                if dns.is_none() && addr.parse::<IpAddr>().is_ok_and(|a| !a.is_loopback()) =>
+            {
+                out.push_str(&format!("nameserver {addr}\n"));
+            }
+            _ => {}
+        }
+    }
+    for server in dns.unwrap_or_default() {
+        out.push_str(&format!("nameserver {server}\n"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_without_a_file() {
+        let c = Conf::parse("").unwrap();
+        assert_eq!(c.bridge, "okvm0");
+        assert_eq!(c.subnet.to_string(), "10.87.0.0/24");
+        assert_eq!(c.leases, Path::new("/var/lib/okvm/network/okvm0.leases"));
+        assert!(c.rules().unwrap().bridge_for("okt0123456789ab") == Some("okvm0"));
+    }
+
+    #[test]
+    fn keys_override_and_the_lease_file_follows_the_bridge() {
+        let c = Conf::parse(
+            "# mine\nbridge = br9\nsubnet=10.9.9.0/24 # lab\ndns=192.0.2.1, 192.0.2.2\n",
+        )
+        .unwrap();
+        assert_eq!(c.bridge, "br9");
+        assert_eq!(c.subnet.to_string(), "10.9.9.0/24");
+        assert_eq!(c.leases, Path::new("/var/lib/okvm/network/br9.leases"));
+        assert_eq!(c.dns.as_ref().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn bad_lines_name_the_line_and_the_problem() {
+        for (text, needle) in [
+            ("subnet=10.0.0.1/24", "host bits"),
+            ("colour=blue", "unknown key \"colour\""),
+            ("bridge", "expected key=value"),
+            ("dns=not-an-ip", "dns"),
+            ("bridge=a-name-far-too-long-for-linux", "bridge"),
+        ] {
+            let e = format!("{:#}", Conf::parse(text).unwrap_err());
+            assert!(e.contains("line 1"), "{e}");
+            assert!(e.contains(needle), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn guest_resolv_conf_drops_loopback_servers_and_keeps_search() {
+        let host =
+            "nameserver 127.0.0.53\nnameserver 192.0.2.7\nsearch lab.example\noptions edns0\n";
+        assert_eq!(
+            resolv_conf(host, None),
+            "nameserver 192.0.2.7\nsearch lab.example\noptions edns0\n"
+        );
+        let mine = ["198.51.100.1".parse().unwrap()];
+        assert_eq!(
+            resolv_conf(host, Some(&mine)),
+            "search lab.example\noptions edns0\nnameserver 198.51.100.1\n"
+        );
+    }
+}

@@ -1,0 +1,442 @@
+//! The sandboxes' networks (docs/networking.md), driven through the `okvm` CLI
+//! inside the test host (`integration/run-suite okvm-tests:network`), each test
+//! in network namespaces it makes itself: bridge mode (host ↔ guest and guest ↔
+//! guest, ping and TCP; 20 concurrent creates; a dead sandbox's lease
+//! reclaimed), mirror mode on an engine-like namespace with a veth, loopback
+//! only, and that teardown leaves links, qdiscs and leases as they were.
+
+use std::io::Read;
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use okvm_tests::oci::{run_to_files, state_pid, Bundle, Sandbox};
+use serde_json::{json, Value};
+
+const LIMIT: Duration = Duration::from_secs(180);
+
+/// A network namespace made for one test, which the test's thread (and so
+/// every process it starts) lives in until it is dropped.
+struct TestNetns {
+    name: String,
+    original: std::fs::File,
+}
+
+impl TestNetns {
+    fn enter(name: &str) -> TestNetns {
+        let original = std::fs::File::open("/proc/thread-self/ns/net").unwrap();
+        let _ = sh(&format!("ip netns del {name} 2>/dev/null"));
+        assert!(
+            sh(&format!(
+                "ip netns add {name} && ip -n {name} link set lo up"
+            ))
+            .0
+        );
+        let ns = std::fs::File::open(format!("/run/netns/{name}")).unwrap();
+        nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        TestNetns {
+            name: name.into(),
+            original,
+        }
+    }
+}
+
+impl Drop for TestNetns {
+    fn drop(&mut self) {
+        let _ = nix::sched::setns(self.original.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET);
+        let _ = sh(&format!("ip netns del {}", self.name));
+    }
+}
+
+/// Runs a shell script (in the calling thread's namespace); success and output.
+fn sh(script: &str) -> (bool, String) {
+    let out = Command::new("sh").args(["-c", script]).output().unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+/// A bridge-mode configuration private to one test: its own bridge, subnet
+/// and lease file, named by `OKVM_NETWORK_CONF` for the okvm processes the
+/// test starts.
+struct BridgeConf {
+    leases: PathBuf,
+    bridge: String,
+    gateway: Ipv4Addr,
+}
+
+impl BridgeConf {
+    fn install(sb: &Sandbox, bridge: &str, subnet: &str) -> BridgeConf {
+        let leases = sb.work_file("leases");
+        let conf = sb.work_file("network.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "bridge={bridge}\nsubnet={subnet}\nleases={}\ndns=192.0.2.53\n",
+                leases.display()
+            ),
+        )
+        .unwrap();
+        // The tests run one at a time (--test-threads=1).
+        std::env::set_var("OKVM_NETWORK_CONF", &conf);
+        let net: Ipv4Addr = subnet.split('/').next().unwrap().parse().unwrap();
+        BridgeConf {
+            leases,
+            bridge: bridge.into(),
+            gateway: Ipv4Addr::from(u32::from(net) + 1),
+        }
+    }
+
+    /// `ADDRESS OWNER` of every lease in the file.
+    fn leases(&self) -> Vec<(Ipv4Addr, String)> {
+        std::fs::read_to_string(&self.leases)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+            .map(|l| {
+                let mut f = l.split_whitespace();
+                (
+                    f.next().unwrap().parse().unwrap(),
+                    f.next().unwrap().to_string(),
+                )
+            })
+            .collect()
+    }
+}
+
+/// What teardown must restore: links (name, kind, master), qdiscs, leases.
+fn snapshot(netns: Option<&str>, except: &[&str]) -> String {
+    let n = netns.map(|n| format!("-n {n} ")).unwrap_or_default();
+    let (ok, links) = sh(&format!("ip {n}-o link show | cut -d: -f2 | sort"));
+    assert!(ok, "{links}");
+    let (ok, qdiscs) = sh(&format!("tc {n}qdisc show | grep -v noqueue | sort"));
+    assert!(ok, "{qdiscs}");
+    links
+        .lines()
+        .chain(qdiscs.lines())
+        .filter(|l| !except.iter().any(|e| l.contains(e)))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A busybox bundle running `script`, whose markers are written with
+/// `... | put NAME` (complete when they appear: a slow guest may otherwise be
+/// caught between creating a file and writing it), with ping's capability.
+fn bundle_with(sb: &Sandbox, name: &str, script: &str, edit: impl FnOnce(&mut Value)) -> Bundle {
+    let script = format!("put() {{ cat > /$1.tmp && mv /$1.tmp /$1; }}; {script}");
+    let b = sb.bundle(name, &["sh", "-c", &script]);
+    let mut config: Value =
+        serde_json::from_slice(&std::fs::read(b.path().join("config.json")).unwrap()).unwrap();
+    config["annotations"] = json!({ "io.okvm.memory_mib": "128" });
+    for set in ["bounding", "effective", "permitted"] {
+        config["process"]["capabilities"][set]
+            .as_array_mut()
+            .unwrap()
+            .push(json!("CAP_NET_RAW"));
+    }
+    edit(&mut config);
+    b.write_config(&config);
+    b
+}
+
+/// Waits for `/<name>` in the container's rootfs, longer than the harness's
+/// default: several guests may be booting at once.
+#[track_caller]
+fn marker(b: &Bundle, name: &str) -> String {
+    let deadline = Instant::now() + LIMIT;
+    while !b.has_marker(name) {
+        assert!(Instant::now() < deadline, "no /{name} within {LIMIT:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::fs::read_to_string(b.rootfs().join(name)).unwrap()
+}
+
+/// The IPv4 address in `ip -4 -o addr show eth0` output.
+fn eth0_address(ip_output: &str) -> Ipv4Addr {
+    let word = ip_output
+        .split_whitespace()
+        .skip_while(|w| *w != "inet")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no inet address in {ip_output:?}"));
+    word.split('/').next().unwrap().parse().unwrap()
+}
+
+/// Connects to `addr` (retrying while the guest's server starts) and reads
+/// what it sends until it closes.
+fn tcp_read(addr: SocketAddr) -> String {
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        match TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
+            Ok(mut s) => {
+                s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+                let mut got = String::new();
+                let _ = s.read_to_string(&mut got);
+                return got;
+            }
+            Err(e) => {
+                assert!(Instant::now() < deadline, "cannot connect to {addr}: {e}");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    }
+}
+
+fn ping(addr: Ipv4Addr) {
+    let (ok, out) = sh(&format!("busybox ping -c 1 -W 10 {addr}"));
+    assert!(ok, "ping {addr}: {out}");
+}
+
+fn kill_sandbox(sb: &Sandbox, id: &str) {
+    let pid = state_pid(&sb.state(id));
+    assert!(sh(&format!("kill -9 {pid}")).0);
+}
+
+#[test]
+#[ignore = "boots VMs: inside the test host with OKVM_CONFORMANCE_RUNTIME=okvm"]
+fn bridge_guests_reach_the_host_and_each_other_over_ping_and_tcp() {
+    let _ns = TestNetns::enter("okvmt-bridge");
+    let sb = Sandbox::new();
+    let conf = BridgeConf::install(&sb, "okvmt0", "10.123.0.0/24");
+    let before = snapshot(None, &[&conf.bridge]);
+
+    let id1 = sb.new_id("b1");
+    let b1 = bundle_with(
+        &sb,
+        "b1",
+        "ip -4 -o addr show eth0 | put addr; cat /etc/resolv.conf | put resolv; \
+         (echo host-tcp | nc -l -p 7001 &); echo guest-tcp | nc -l -p 7000; sleep 600",
+        |_| {},
+    );
+    sb.start_container(&id1, &b1);
+    let addr1 = eth0_address(&marker(&b1, "addr"));
+    assert_eq!(marker(&b1, "resolv"), "nameserver 192.0.2.53\n");
+
+    let id2 = sb.new_id("b2");
+    let b2 = bundle_with(
+        &sb,
+        "b2",
+        &format!(
+            "ip -4 -o addr show eth0 | put addr; {{ ping -c 1 -W 10 {} 2>&1 && echo ok; }} | put ping-gw; \
+             nc -w 30 {addr1} 7000 | put from-b1; sleep 600",
+            conf.gateway
+        ),
+        |_| {},
+    );
+    sb.start_container(&id2, &b2);
+    let addr2 = eth0_address(&marker(&b2, "addr"));
+    assert_ne!(addr1, addr2);
+
+    // guest → host (the bridge), guest → guest over TCP, host → guests.
+    let ping_gw = marker(&b2, "ping-gw");
+    assert!(ping_gw.ends_with("ok\n"), "{ping_gw}");
+    assert_eq!(marker(&b2, "from-b1"), "guest-tcp\n");
+    ping(addr1);
+    ping(addr2);
+    assert_eq!(tcp_read(SocketAddr::from((addr1, 7001))), "host-tcp\n");
+
+    // The lease file says who has which address.
+    let mut leases = conf.leases();
+    leases.sort();
+    let mut want = vec![(addr1, id1.clone()), (addr2, id2.clone())];
+    want.sort();
+    assert_eq!(leases, want);
+
+    // Teardown: one normal, one after SIGKILL of the sandbox.
+    kill_sandbox(&sb, &id2);
+    for id in [&id1, &id2] {
+        sb.invoke(&["delete", "--force", id]).assert_success();
+    }
+    assert_eq!(snapshot(None, &[&conf.bridge]), before);
+    assert_eq!(conf.leases(), vec![]);
+}
+
+#[test]
+#[ignore = "boots VMs: inside the test host with OKVM_CONFORMANCE_RUNTIME=okvm"]
+fn mirror_mode_gives_the_guest_the_engines_veth() {
+    let _ns = TestNetns::enter("okvmt-host");
+    let engine = "okvmt-engine";
+    // What an engine makes: a namespace whose eth0 is a veth to the host side.
+    let (ok, out) = sh(&format!(
+        "ip netns del {engine} 2>/dev/null; ip netns add {engine} && \
+         ip link add okvmt-h type veth peer name eth0 netns {engine} && \
+         ip addr add 10.124.0.1/24 dev okvmt-h && ip link set okvmt-h up && \
+         ip -n {engine} link set lo up && ip -n {engine} link set eth0 mtu 1400 up && \
+         ip -n {engine} addr add 10.124.0.2/24 dev eth0 && \
+         ip -n {engine} route add default via 10.124.0.1"
+    ));
+    assert!(ok, "{out}");
+    let engine_mac = sh(&format!(
+        "ip netns exec {engine} cat /sys/class/net/eth0/address"
+    ))
+    .1;
+    let before = snapshot(Some(engine), &[]);
+
+    let sb = Sandbox::new();
+    let id = sb.new_id("mirror");
+    let b = bundle_with(
+        &sb,
+        "mirror",
+        "ip -4 -o addr show eth0 | put addr; cat /sys/class/net/eth0/address | put mac; \
+         cat /sys/class/net/eth0/mtu | put mtu; ip route | put route; \
+         { ping -c 1 -W 10 10.124.0.1 2>&1 && echo ok; } | put ping; \
+         echo mirrored | nc -l -p 7002; sleep 600",
+        |c| {
+            c["linux"]["namespaces"] = json!([
+                { "type": "pid" }, { "type": "ipc" }, { "type": "uts" }, { "type": "mount" },
+                { "type": "network", "path": format!("/run/netns/{engine}") }
+            ])
+        },
+    );
+    sb.start_container(&id, &b);
+    assert_eq!(
+        eth0_address(&marker(&b, "addr")),
+        Ipv4Addr::new(10, 124, 0, 2)
+    );
+    assert_eq!(marker(&b, "mac"), engine_mac);
+    assert_eq!(marker(&b, "mtu"), "1400\n");
+    assert!(
+        marker(&b, "route").contains("default via 10.124.0.1"),
+        "{}",
+        marker(&b, "route")
+    );
+    let ping_engine = marker(&b, "ping");
+    assert!(ping_engine.ends_with("ok\n"), "{ping_engine}");
+    ping(Ipv4Addr::new(10, 124, 0, 2));
+    assert_eq!(
+        tcp_read(SocketAddr::from(([10, 124, 0, 2], 7002))),
+        "mirrored\n"
+    );
+
+    // The tap and the tc state are in the engine's namespace while it runs,
+    // and gone after SIGKILL of the sandbox and delete.
+    let during = snapshot(Some(engine), &[]);
+    assert!(during.contains("okvm-tap0"), "{during}");
+    assert!(during.contains("ingress"), "{during}");
+    kill_sandbox(&sb, &id);
+    sb.invoke(&["delete", &id]).assert_success();
+    assert_eq!(snapshot(Some(engine), &[]), before);
+    let _ = sh(&format!("ip netns del {engine}"));
+}
+
+#[test]
+#[ignore = "boots VMs: inside the test host with OKVM_CONFORMANCE_RUNTIME=okvm"]
+fn loopback_only_namespaces_and_network_none_give_the_guest_only_lo() {
+    let _ns = TestNetns::enter("okvmt-lo");
+    let engine = "okvmt-empty";
+    assert!(
+        sh(&format!(
+            "ip netns del {engine} 2>/dev/null; ip netns add {engine}"
+        ))
+        .0
+    );
+    let sb = Sandbox::new();
+    let script = "ls /sys/class/net | put nets; { ping -c 1 -W 5 127.0.0.1 >/dev/null && echo up || echo down; } | put lo; sleep 600";
+    let by_namespace = bundle_with(&sb, "lo-ns", script, |c| {
+        c["linux"]["namespaces"] = json!([
+            { "type": "pid" }, { "type": "mount" },
+            { "type": "network", "path": format!("/run/netns/{engine}") }
+        ])
+    });
+    let by_annotation = bundle_with(&sb, "lo-none", script, |c| {
+        c["annotations"]["io.okvm.network"] = json!("none")
+    });
+    for (name, b) in [("lo-ns", &by_namespace), ("lo-none", &by_annotation)] {
+        let id = sb.new_id(name);
+        sb.start_container(&id, b);
+        assert_eq!(marker(b, "nets"), "lo\n", "{name}");
+        assert_eq!(marker(b, "lo"), "up\n", "{name}");
+        sb.invoke(&["delete", "--force", &id]).assert_success();
+    }
+    let _ = sh(&format!("ip netns del {engine}"));
+}
+
+#[test]
+#[ignore = "boots VMs: inside the test host with OKVM_CONFORMANCE_RUNTIME=okvm"]
+fn twenty_concurrent_creates_get_distinct_addresses_and_leave_nothing() {
+    let _ns = TestNetns::enter("okvmt-many");
+    let sb = Sandbox::new();
+    let conf = BridgeConf::install(&sb, "okvmt1", "10.125.0.0/24");
+    let before = snapshot(None, &[&conf.bridge]);
+    let bundles: Vec<(String, Bundle)> = (0..20)
+        .map(|i| {
+            let name = format!("many{i}");
+            let b = bundle_with(
+                &sb,
+                &name,
+                "ip -4 -o addr show eth0 | put addr; sleep 600",
+                |_| {},
+            );
+            (sb.new_id(&name), b)
+        })
+        .collect();
+    // The namespace is per thread: every creating thread joins it too.
+    let netns = std::fs::File::open("/proc/thread-self/ns/net").unwrap();
+    std::thread::scope(|s| {
+        for (id, b) in &bundles {
+            let mut create = sb.command();
+            create.arg("create").arg("--bundle").arg(b.path()).arg(id);
+            let stem = sb.work_file(&format!("create-{id}"));
+            let netns = &netns;
+            s.spawn(move || {
+                nix::sched::setns(netns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+                run_to_files(&mut create, &stem, LIMIT).assert_success();
+            });
+        }
+    });
+    let mut seen = Vec::new();
+    for (id, b) in &bundles {
+        sb.invoke(&["start", id]).assert_success();
+        let addr = eth0_address(&marker(b, "addr"));
+        assert!(!seen.contains(&addr), "{addr} handed out twice");
+        seen.push(addr);
+    }
+    let mut leased: Vec<Ipv4Addr> = conf.leases().into_iter().map(|(a, _)| a).collect();
+    leased.sort();
+    seen.sort();
+    assert_eq!(leased, seen);
+    for (i, (id, _)) in bundles.iter().enumerate() {
+        if i % 2 == 0 {
+            kill_sandbox(&sb, id);
+        }
+        sb.invoke(&["delete", "--force", id]).assert_success();
+    }
+    assert_eq!(snapshot(None, &[&conf.bridge]), before);
+    assert_eq!(conf.leases(), vec![]);
+}
+
+#[test]
+#[ignore = "boots VMs: inside the test host with OKVM_CONFORMANCE_RUNTIME=okvm"]
+fn the_lease_of_a_sandbox_that_died_without_delete_is_reclaimed() {
+    let _ns = TestNetns::enter("okvmt-reclaim");
+    let sb = Sandbox::new();
+    // A /30 has room for exactly one guest.
+    let conf = BridgeConf::install(&sb, "okvmt2", "10.126.0.0/30");
+    let first = sb.new_id("first");
+    let b1 = bundle_with(&sb, "first", "sleep 600", |_| {});
+    sb.create(&first, b1.path(), &[]).assert_success();
+    assert_eq!(conf.leases().len(), 1);
+    // The sandbox dies and its state is lost (as with a host crash and /run).
+    kill_sandbox(&sb, &first);
+    let tap = okvm_tap_name(&sb, &first);
+    std::fs::remove_dir_all(sb.root().join(&first)).unwrap();
+
+    let second = sb.new_id("second");
+    let b2 = bundle_with(&sb, "second", "sleep 600", |_| {});
+    sb.create(&second, b2.path(), &[]).assert_success();
+    let leases = conf.leases();
+    assert_eq!(leases.len(), 1);
+    assert_eq!(leases[0].1, second);
+    sb.invoke(&["delete", "--force", &second]).assert_success();
+    // What the lost state directory would have removed.
+    let _ = sh(&format!("ip link del {tap}"));
+}
+
+/// The bridge-mode tap okvm made for `id`, from its record.
+fn okvm_tap_name(sb: &Sandbox, id: &str) -> String {
+    let record: Value =
+        serde_json::from_slice(&std::fs::read(sb.root().join(id).join("net.json")).unwrap())
+            .unwrap();
+    record["tap"].as_str().unwrap().to_string()
+}
