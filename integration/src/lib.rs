@@ -8,6 +8,7 @@
 //!   through `integration/run-suite`), where `/dev/kvm` is backed by (emulated)
 //!   hardware virtualization and real guests boot.
 
+pub mod bench;
 pub mod guest;
 
 use std::path::{Path, PathBuf};

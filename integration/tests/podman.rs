@@ -317,3 +317,81 @@ fn the_readme_podman_section_works_as_written() {
     let last = s.lines().last().unwrap_or_default();
     assert!(last.starts_with("hello from 6.12."), "{out:?}");
 }
+
+/// Polls `script` until it succeeds, returning its stdout.
+fn eventually(script: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let out = sh(script);
+        if out.status.success() {
+            return stdout(&out);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{script} never succeeded: {out:?}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+#[test]
+#[ignore = "runs inside the test host (make test-e2e)"]
+fn published_ports_reach_a_server_in_the_vm_which_has_podmans_address() {
+    let _cleanup = setup();
+    let out = sh(&format!(
+        "podman run -d --name web --runtime okvm -p 8080:80 {IMAGE} sh -c \
+         'mkdir -p /www && echo served-from-the-vm > /www/index.html && exec httpd -f -p 80 -h /www'"
+    ));
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        eventually("curl -sSf -m 10 http://127.0.0.1:8080/"),
+        "served-from-the-vm\n"
+    );
+    // The guest's eth0 is the container as podman knows it: same address, same MAC.
+    let want_ip = stdout(&sh(
+        "podman inspect -f '{{.NetworkSettings.IPAddress}}' web",
+    ));
+    let want_mac = stdout(&sh(
+        "podman inspect -f '{{.NetworkSettings.MacAddress}}' web",
+    ));
+    let got = stdout(&sh(
+        "podman exec web sh -c 'ip -4 -o addr show eth0; cat /sys/class/net/eth0/address'",
+    ));
+    assert!(
+        got.contains(&format!("inet {}/", want_ip.trim())),
+        "{got} vs {want_ip}"
+    );
+    assert!(got.contains(want_mac.trim()), "{got} vs {want_mac}");
+    let out = sh("podman rm -f -t 0 web");
+    assert!(out.status.success(), "{out:?}");
+    assert_nothing_left();
+}
+
+#[test]
+#[ignore = "runs inside the test host (make test-e2e)"]
+fn containers_on_one_podman_network_reach_each_other_and_none_has_only_lo() {
+    let _cleanup = setup();
+    let _ = sh("podman network rm -f okvm-net 2>/dev/null; podman network create okvm-net");
+    let out = sh(&format!(
+        "podman run -d --name peer --network okvm-net --runtime okvm {IMAGE} sh -c \
+         'while :; do echo from-peer | nc -l -p 7000; done'"
+    ));
+    assert!(out.status.success(), "{out:?}");
+    let ip = stdout(&sh(
+        "podman inspect -f '{{(index .NetworkSettings.Networks \"okvm-net\").IPAddress}}' peer",
+    ));
+    let ip = ip.trim();
+    assert!(!ip.is_empty());
+    let got = eventually(&format!(
+        "podman run --rm --network okvm-net --runtime okvm {IMAGE} sh -c \
+         'nc -w 10 {ip} 7000 | grep from-peer'"
+    ));
+    assert_eq!(got, "from-peer\n");
+    let out = run(
+        "--network none",
+        "sh -c 'ls /sys/class/net; ip -o link show lo | grep -q LOWER_UP && echo lo-up'",
+    );
+    assert_eq!(stdout(&out), "lo\nlo-up\n", "{out:?}");
+    let _ = sh("podman rm -f -t 0 peer; podman network rm -f okvm-net");
+    assert_nothing_left();
+}

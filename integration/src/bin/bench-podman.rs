@@ -4,33 +4,14 @@
 //!
 //! Usage: bench-podman [RUNS] [MIB] — prints a Markdown table on stdout.
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use okvm_integration::repo_root;
-
-const IMAGE: &str = "localhost/okvm-busybox";
-const RUNTIMES: [&str; 2] = ["okvm", "crun"];
-
-fn sh(script: &str) -> std::process::Output {
-    let out = Command::new("bash")
-        .args(["-c", script])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{script}: {out:?}");
-    out
-}
+use okvm_integration::bench::{median, podman_with_okvm, sh, IMAGE, RUNTIMES};
 
 fn timed(script: &str) -> Duration {
     let t = Instant::now();
     sh(script);
     t.elapsed()
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
 }
 
 fn secs(d: Duration) -> String {
@@ -41,12 +22,7 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let runs: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(10);
     let mib: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(256);
-    let root = repo_root();
-    sh(&format!(
-        "{}/integration/testhost/import-images && {}/scripts/install --prefix /run/okvm-prefix >/dev/null",
-        root.display(),
-        root.display()
-    ));
+    podman_with_okvm();
     let mut rows = Vec::new();
 
     // podman run --rm IMAGE true

@@ -10,6 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use okvm_init::banner;
+use okvm_integration::bench::median;
 use okvm_integration::{artifact, okvm_bin};
 
 const MEM_MIB: u64 = 256;
@@ -155,11 +156,6 @@ fn smaps_outside_guest_ram(smaps: &str) -> (u64, u64) {
     }
     flush(cur_size, cur_rss, cur_priv);
     (rss, private)
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
 }
 
 fn ms(d: Duration) -> String {

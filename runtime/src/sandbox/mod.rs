@@ -36,9 +36,19 @@ const SHARE: &str = "share";
 const FS_SOCKET: &str = "fs.sock";
 /// Host vsock ports of the container process's streams (`base..base+3`).
 pub const CONTAINER_PORTS: u32 = 1100;
-/// How long the guest may take to boot and prepare the process. Generous:
-/// a nested or throttled host is slow, and a hang still ends.
+/// How long the guest may take to boot and prepare the process, unless
+/// `OKVM_BOOT_TIMEOUT` (seconds) says otherwise. Generous: a nested or
+/// throttled host is slow, and a hang still ends.
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
+pub const ENV_BOOT_TIMEOUT: &str = "OKVM_BOOT_TIMEOUT";
+
+fn ready_timeout() -> Duration {
+    std::env::var(ENV_BOOT_TIMEOUT)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map(Duration::from_secs)
+        .unwrap_or(READY_TIMEOUT)
+}
 pub const STREAM_TIMEOUT: Duration = Duration::from_secs(30);
 /// After the process ended, its last output may still be on its way.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -212,7 +222,7 @@ fn prepare(args: &Args) -> anyhow::Result<Running> {
     drop(ready);
     let _ = std::fs::remove_file(host_port_path(&uds, CONTROL_PORT));
     let (mut client, _ready) = Client::announced(stream)?;
-    client.set_timeout(Some(READY_TIMEOUT))?;
+    client.set_timeout(Some(ready_timeout()))?;
     match client.request(RequestBody::Network {
         interfaces: net.guest,
     })? {
@@ -249,7 +259,8 @@ fn accept_ready(
     vmm: &std::thread::JoinHandle<()>,
     console: &Path,
 ) -> anyhow::Result<std::os::unix::net::UnixStream> {
-    let deadline = Instant::now() + READY_TIMEOUT;
+    let limit = ready_timeout();
+    let deadline = Instant::now() + limit;
     let stream = relay::accept_while(listener, || !vmm.is_finished() && Instant::now() < deadline)
         .context("waiting for the guest")?;
     match stream {
@@ -257,7 +268,7 @@ fn accept_ready(
         None if vmm.is_finished() => bail!("the VM stopped before the guest was ready"),
         None => bail!(
             "the guest was not ready within {} s{}",
-            READY_TIMEOUT.as_secs(),
+            limit.as_secs(),
             console_tail(console)
         ),
     }
