@@ -223,17 +223,23 @@ fn prepare(args: &Args) -> anyhow::Result<Running> {
     let _ = std::fs::remove_file(host_port_path(&uds, CONTROL_PORT));
     let (mut client, _ready) = Client::announced(stream)?;
     client.set_timeout(Some(ready_timeout()))?;
-    match client.request(RequestBody::Network {
-        interfaces: net.guest,
-    })? {
+    let limit = ready_timeout().as_secs();
+    match client
+        .request(RequestBody::Network {
+            interfaces: net.guest,
+        })
+        .with_context(|| format!("the guest did not configure its network within {limit} s"))?
+    {
         ResponseBody::Done => {}
         ResponseBody::Error { message } => bail!("cannot configure the guest's network: {message}"),
         other => bail!("unexpected answer from the guest to the network settings: {other:?}"),
     }
-    let created = client.request(RequestBody::Create {
-        container: Box::new(plan.container),
-        stdio: pending.stdio.clone(),
-    })?;
+    let created = client
+        .request(RequestBody::Create {
+            container: Box::new(plan.container),
+            stdio: pending.stdio.clone(),
+        })
+        .with_context(|| format!("the guest did not prepare the container within {limit} s"))?;
     match created {
         ResponseBody::Created { pid } => log::debug!("container {}: guest pid {pid}", args.id),
         ResponseBody::Error { message } => bail!("{message}"),
