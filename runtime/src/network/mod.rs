@@ -212,23 +212,21 @@ fn bridge(id: &str, dir: &Path) -> anyhow::Result<Setup> {
     let addr = allocator.allocate(id)?;
     let gateway = conf.subnet.gateway();
     let mut h = Handle::open()?;
-    let bridge_index = if bridge == conf.bridge {
+    if bridge == conf.bridge {
         netlink::ensure_bridge(
             &mut h,
             &conf.bridge,
             IpCidr::new(gateway.into(), conf.subnet.prefix_len()),
-        )?
-    } else {
-        // A bridge of the user's own: it must exist already.
-        match h.link_by_name(&bridge)? {
-            Some(l) => l.index,
-            None => bail!(
-                "bridge {bridge} (from {}) does not exist",
-                conf.rules_path().display()
-            ),
-        }
+        )?;
+    }
+    // A bridge of the user's own (another rule's) must exist already.
+    let Some(bridge_link) = h.link_by_name(&bridge)? else {
+        bail!(
+            "bridge {bridge} (from {}) does not exist",
+            conf.rules_path().display()
+        );
     };
-    let mtu = h.link_by_name(&bridge)?.map(|l| l.mtu).unwrap_or(1500);
+    let (bridge_index, mtu) = (bridge_link.index, bridge_link.mtu);
     let tap_index = make_tap(&mut h, &tap, mtu)?;
     h.set_master(tap_index, Some(bridge_index))?;
     let mac = guest_mac(id);
