@@ -5,10 +5,13 @@
 //! declarative rules that decide which bridge an interface joins ([`rules`]),
 //! and interface-name validation ([`ifname`]). And the rtnetlink/tc layer
 //! ([`netlink`]) that makes taps and bridges, mirrors an engine's veth, and
-//! configures the guest's NIC, whose tests need CAP_NET_ADMIN.
+//! configures the guest's NIC, whose tests need CAP_NET_ADMIN; with the `nat`
+//! feature, the optional outbound masquerade of a bridge's subnet ([`nat`]).
 
 pub mod alloc;
 pub mod ifname;
+#[cfg(feature = "nat")]
+pub mod nat;
 pub mod net;
 pub mod netlink;
 pub mod rules;

@@ -1,7 +1,7 @@
 //! The sandboxes' networks (docs/networking.md), driven through the `okvm` CLI
 //! inside the test host (`integration/run-suite okvm-tests:network`), each test
 //! in network namespaces it makes itself: bridge mode (host ↔ guest and guest ↔
-//! guest, ping and TCP; 20 concurrent creates; a dead sandbox's lease
+//! guest, ping and TCP; out through masquerade; 20 concurrent creates; a dead sandbox's lease
 //! reclaimed), mirror mode on an engine-like namespace with a veth, loopback
 //! only, and that teardown leaves links, qdiscs and leases as they were.
 
@@ -68,13 +68,14 @@ struct BridgeConf {
 }
 
 impl BridgeConf {
-    fn install(sb: &Sandbox, bridge: &str, subnet: &str) -> BridgeConf {
+    /// `extra`: more network.conf lines.
+    fn install(sb: &Sandbox, bridge: &str, subnet: &str, extra: &str) -> BridgeConf {
         let leases = sb.work_file("leases");
         let conf = sb.work_file("network.conf");
         std::fs::write(
             &conf,
             format!(
-                "bridge={bridge}\nsubnet={subnet}\nleases={}\ndns=192.0.2.53\n",
+                "bridge={bridge}\nsubnet={subnet}\nleases={}\ndns=192.0.2.53\n{extra}",
                 leases.display()
             ),
         )
@@ -198,7 +199,18 @@ fn kill_sandbox(sb: &Sandbox, id: &str) {
 fn bridge_guests_reach_the_host_and_each_other_over_ping_and_tcp() {
     let _ns = TestNetns::enter("okvmt-bridge");
     let sb = Sandbox::new();
-    let conf = BridgeConf::install(&sb, "okvmt0", "10.123.0.0/24");
+    let conf = BridgeConf::install(&sb, "okvmt0", "10.123.0.0/24", "masquerade=yes\n");
+    // An outside network behind the host with no route back to the subnet:
+    // only masquerade (masquerade=yes above) lets a guest's TCP through.
+    let outside = "okvmt-outside";
+    let (ok, out) = sh(&format!(
+        "ip netns del {outside} 2>/dev/null; ip netns add {outside} && \
+         ip link add okvmt-o type veth peer name eth0 netns {outside} && \
+         ip addr add 198.51.100.1/24 dev okvmt-o && ip link set okvmt-o up && \
+         ip -n {outside} addr add 198.51.100.2/24 dev eth0 && ip -n {outside} link set eth0 up && \
+         (ip netns exec {outside} sh -c 'echo outside-tcp | busybox nc -l -p 7003' >/dev/null 2>&1 &)"
+    ));
+    assert!(ok, "{out}");
     let before = snapshot(None, &[&conf.bridge]);
 
     let id1 = sb.new_id("b1");
@@ -219,7 +231,7 @@ fn bridge_guests_reach_the_host_and_each_other_over_ping_and_tcp() {
         "b2",
         &format!(
             "ip -4 -o addr show eth0 | put addr; {{ ping -c 1 -W 10 {} 2>&1 && echo ok; }} | put ping-gw; \
-             nc -w 30 {addr1} 7000 | put from-b1; sleep 600",
+             nc -w 30 {addr1} 7000 | put from-b1; nc -w 30 198.51.100.2 7003 | put outside; sleep 600",
             conf.gateway
         ),
         |_| {},
@@ -232,6 +244,7 @@ fn bridge_guests_reach_the_host_and_each_other_over_ping_and_tcp() {
     let ping_gw = marker(&b2, "ping-gw");
     assert!(ping_gw.ends_with("ok\n"), "{ping_gw}");
     assert_eq!(marker(&b2, "from-b1"), "guest-tcp\n");
+    assert_eq!(marker(&b2, "outside"), "outside-tcp\n");
     ping(addr1);
     ping(addr2);
     assert_eq!(tcp_read(SocketAddr::from((addr1, 7001))), "host-tcp\n");
@@ -250,6 +263,7 @@ fn bridge_guests_reach_the_host_and_each_other_over_ping_and_tcp() {
     }
     assert_eq!(snapshot(None, &[&conf.bridge]), before);
     assert_eq!(conf.leases(), vec![]);
+    let _ = sh(&format!("ip netns del {outside}"));
 }
 
 #[test]
@@ -357,7 +371,7 @@ fn loopback_only_namespaces_and_network_none_give_the_guest_only_lo() {
 fn twenty_concurrent_creates_get_distinct_addresses_and_leave_nothing() {
     let _ns = TestNetns::enter("okvmt-many");
     let sb = Sandbox::new();
-    let conf = BridgeConf::install(&sb, "okvmt1", "10.125.0.0/24");
+    let conf = BridgeConf::install(&sb, "okvmt1", "10.125.0.0/24", "");
     let before = snapshot(None, &[&conf.bridge]);
     let bundles: Vec<(String, Bundle)> = (0..20)
         .map(|i| {
@@ -416,7 +430,7 @@ fn the_lease_of_a_sandbox_that_died_without_delete_is_reclaimed() {
     let _ns = TestNetns::enter("okvmt-reclaim");
     let sb = Sandbox::new();
     // A /30 has room for exactly one guest.
-    let conf = BridgeConf::install(&sb, "okvmt2", "10.126.0.0/30");
+    let conf = BridgeConf::install(&sb, "okvmt2", "10.126.0.0/30", "");
     let first = sb.new_id("first");
     let b1 = bundle_with(&sb, "first", "sleep 600", |_| {});
     sb.create(&first, b1.path(), &[]).assert_success();

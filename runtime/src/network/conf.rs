@@ -8,6 +8,7 @@
 //! leases=/var/lib/okvm/network/okvm0.leases
 //! rules=/etc/okvm/bridge.rules         # which bridge a tap joins
 //! dns=192.0.2.53,192.0.2.54            # default: the host's non-loopback nameservers
+//! masquerade=no                        # yes: guests reach beyond the host (nftables)
 //! ```
 
 use std::net::IpAddr;
@@ -28,6 +29,8 @@ pub struct Conf {
     pub leases: PathBuf,
     rules: Option<PathBuf>,
     pub dns: Option<Vec<IpAddr>>,
+    /// Masquerade the subnet's traffic that leaves it (off unless asked).
+    pub masquerade: bool,
 }
 
 impl Default for Conf {
@@ -38,6 +41,7 @@ impl Default for Conf {
             leases: "/var/lib/okvm/network/okvm0.leases".into(),
             rules: None,
             dns: None,
+            masquerade: false,
         }
     }
 }
@@ -95,8 +99,15 @@ impl Conf {
                         .with_context(|| format!("line {}: dns {value:?}", n + 1))?;
                     conf.dns = Some(servers);
                 }
+                "masquerade" => {
+                    conf.masquerade = match value {
+                        "yes" | "true" | "1" => true,
+                        "no" | "false" | "0" => false,
+                        _ => bail!("line {}: masquerade must be yes or no, not {value:?}", n + 1),
+                    }
+                }
                 other => bail!(
-                    "line {}: unknown key {other:?} (known: bridge, subnet, leases, rules, dns)",
+                    "line {}: unknown key {other:?} (known: bridge, subnet, leases, rules, dns, masquerade)",
                     n + 1
                 ),
             }
@@ -167,19 +178,21 @@ mod tests {
         assert_eq!(c.bridge, "okvm0");
         assert_eq!(c.subnet.to_string(), "10.87.0.0/24");
         assert_eq!(c.leases, Path::new("/var/lib/okvm/network/okvm0.leases"));
+        assert!(!c.masquerade);
         assert!(c.rules().unwrap().bridge_for("okt0123456789ab") == Some("okvm0"));
     }
 
     #[test]
     fn keys_override_and_the_lease_file_follows_the_bridge() {
         let c = Conf::parse(
-            "# mine\nbridge = br9\nsubnet=10.9.9.0/24 # lab\ndns=192.0.2.1, 192.0.2.2\n",
+            "# mine\nbridge = br9\nsubnet=10.9.9.0/24 # lab\ndns=192.0.2.1, 192.0.2.2\nmasquerade=yes\n",
         )
         .unwrap();
         assert_eq!(c.bridge, "br9");
         assert_eq!(c.subnet.to_string(), "10.9.9.0/24");
         assert_eq!(c.leases, Path::new("/var/lib/okvm/network/br9.leases"));
         assert_eq!(c.dns.as_ref().unwrap().len(), 2);
+        assert!(c.masquerade);
     }
 
     #[test]
@@ -189,6 +202,7 @@ mod tests {
             ("colour=blue", "unknown key \"colour\""),
             ("bridge", "expected key=value"),
             ("dns=not-an-ip", "dns"),
+            ("masquerade=maybe", "yes or no"),
             ("bridge=a-name-far-too-long-for-linux", "bridge"),
         ] {
             let e = format!("{:#}", Conf::parse(text).unwrap_err());

@@ -219,6 +219,9 @@ fn bridge(id: &str, dir: &Path) -> anyhow::Result<Setup> {
             IpCidr::new(gateway.into(), conf.subnet.prefix_len()),
         )?;
     }
+    if conf.masquerade {
+        cni_free_net::nat::ensure_masquerade(&IfName::new(&conf.bridge)?, conf.subnet)?;
+    }
     // A bridge of the user's own (another rule's) must exist already.
     let Some(bridge_link) = h.link_by_name(&bridge)? else {
         bail!(
