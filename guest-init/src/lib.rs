@@ -7,5 +7,6 @@ pub mod network;
 pub mod reaper;
 pub mod root;
 pub mod server;
+pub mod stats;
 pub mod uptime;
 pub mod vsock;

@@ -79,6 +79,9 @@ fn handle(body: RequestBody) -> ResponseBody {
         RequestBody::Signal { pid, signal, all } => container::signal(pid, signal, all),
         RequestBody::Resize { pid, rows, cols } => container::resize(pid, rows, cols),
         RequestBody::Processes => container::processes(),
+        RequestBody::Stats => crate::stats::read(container::process_count())
+            .map(ResponseBody::Stats)
+            .map_err(|e| e.to_string()),
         RequestBody::Shutdown => Ok(ResponseBody::Done),
     };
     result.unwrap_or_else(|message| ResponseBody::Error { message })

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 pub const MAGIC: [u8; 2] = *b"OK";
 /// Bumped on any incompatible change to the messages below.
-pub const VERSION: u8 = 2;
+pub const VERSION: u8 = 3;
 pub const HEADER_LEN: usize = 8;
 /// Larger frames are refused: no legitimate message comes near it.
 pub const MAX_PAYLOAD: usize = 1 << 20;
@@ -100,6 +100,8 @@ pub enum RequestBody {
     },
     /// The container's processes, answered with [`ResponseBody::Pids`].
     Processes,
+    /// The guest's resource usage, answered with [`ResponseBody::Stats`].
+    Stats,
     /// Power the guest off.
     Shutdown,
 }
@@ -193,9 +195,34 @@ pub enum ResponseBody {
     Pids {
         pids: Vec<u32>,
     },
+    Stats(GuestStats),
     Error {
         message: String,
     },
+}
+
+/// The guest's resource usage. The VM is the container's cgroup, so memory
+/// and CPU figures are the whole guest's (okvm-init and the kernel included),
+/// as runc's are the whole cgroup's.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestStats {
+    /// `MemTotal`: the RAM the guest kernel manages, a little less than the
+    /// VM's memory size (the kernel's own image and reservations are not in it).
+    pub memory_total_bytes: u64,
+    /// `MemTotal - MemAvailable`: what the guest could not hand out without
+    /// swapping (there is no swap), so reclaimable page cache is not counted.
+    pub memory_used_bytes: u64,
+    /// `Cached`.
+    pub memory_cache_bytes: u64,
+    /// CPU time spent on the guest's work over all vCPUs, in nanoseconds:
+    /// user + nice + system + irq + softirq + steal.
+    pub cpu_usage_ns: u64,
+    /// user + nice.
+    pub cpu_user_ns: u64,
+    /// system + irq + softirq.
+    pub cpu_system_ns: u64,
+    /// How many processes the container has (the set `Processes` answers).
+    pub pids: u64,
 }
 
 /// Guest -> host, unprompted.
@@ -472,6 +499,79 @@ mod tests {
         assert!(matches!(r.next_frame(), Err(ReadError::Closed)));
     }
 
+    fn stats() -> GuestStats {
+        GuestStats {
+            memory_total_bytes: 250 << 20,
+            memory_used_bytes: 30 << 20,
+            memory_cache_bytes: 12 << 20,
+            cpu_usage_ns: 1_230_000_000,
+            cpu_user_ns: 1_000_000_000,
+            cpu_system_ns: 200_000_000,
+            pids: 2,
+        }
+    }
+
+    #[test]
+    fn stats_round_trip_through_frames() {
+        let req = Request {
+            id: 4,
+            body: RequestBody::Stats,
+        };
+        let resp = Response {
+            id: 4,
+            body: ResponseBody::Stats(stats()),
+        };
+        let mut d = Decoder::new();
+        d.feed(&encode(Kind::Request, &req));
+        d.feed(&encode(Kind::Response, &resp));
+        let f = d.next_frame().unwrap().unwrap();
+        assert_eq!(f.parse::<Request>(Kind::Request).unwrap(), req);
+        let f = d.next_frame().unwrap().unwrap();
+        assert_eq!(f.parse::<Response>(Kind::Response).unwrap(), resp);
+    }
+
+    #[test]
+    fn stats_are_tagged_like_the_other_messages() {
+        let req = serde_json::to_string(&RequestBody::Stats).unwrap();
+        assert_eq!(req, r#"{"op":"stats"}"#);
+        let v = serde_json::to_value(ResponseBody::Stats(stats())).unwrap();
+        assert_eq!(v["result"], "stats");
+        assert_eq!(v["memory_total_bytes"], 250u64 << 20);
+        assert_eq!(v["pids"], 2);
+    }
+
+    #[test]
+    fn stats_missing_a_field_or_with_a_negative_one_are_errors() {
+        for bad in [
+            r#"{"id":1,"body":{"result":"stats"}}"#,
+            r#"{"id":1,"body":{"result":"stats","memory_total_bytes":1,"memory_used_bytes":1,"memory_cache_bytes":1,"cpu_usage_ns":1,"cpu_user_ns":1,"cpu_system_ns":-1,"pids":1}}"#,
+        ] {
+            let f = Frame {
+                kind: Kind::Response,
+                payload: bad.as_bytes().to_vec(),
+            };
+            assert!(
+                matches!(f.parse::<Response>(Kind::Response), Err(Error::Payload(_))),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_peer_of_the_previous_version_is_refused() {
+        let mut f = encode(
+            Kind::Request,
+            &Request {
+                id: 1,
+                body: RequestBody::Stats,
+            },
+        );
+        f[2] = VERSION - 1;
+        let mut d = Decoder::new();
+        d.feed(&f);
+        assert_eq!(d.next_frame(), Err(Error::Version(VERSION - 1)));
+    }
+
     #[test]
     fn older_requests_without_new_fields_still_parse() {
         let r: Request = serde_json::from_str(
@@ -488,10 +588,24 @@ mod tests {
         ));
     }
 
+    fn any_stats() -> impl Strategy<Value = GuestStats> {
+        any::<[u64; 7]>().prop_map(|v| GuestStats {
+            memory_total_bytes: v[0],
+            memory_used_bytes: v[1],
+            memory_cache_bytes: v[2],
+            cpu_usage_ns: v[3],
+            cpu_user_ns: v[4],
+            cpu_system_ns: v[5],
+            pids: v[6],
+        })
+    }
+
     proptest! {
         #[test]
-        fn frames_survive_any_split(cuts in proptest::collection::vec(0usize..400, 0..10)) {
+        fn frames_survive_any_split(cuts in proptest::collection::vec(0usize..700, 0..10), stats in any_stats()) {
+            let stats = Response { id: 3, body: ResponseBody::Stats(stats) };
             let mut stream = encode(Kind::Request, &run_request());
+            stream.extend(encode(Kind::Response, &stats));
             stream.extend(encode(Kind::Event, &Event::Ready { uptime_ms: 9, version: "v".into() }));
             let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c % (stream.len() + 1)).collect();
             cuts.sort();
@@ -505,8 +619,9 @@ mod tests {
                     frames.push(f);
                 }
             }
-            prop_assert_eq!(frames.len(), 2);
+            prop_assert_eq!(frames.len(), 3);
             prop_assert_eq!(frames[0].parse::<Request>(Kind::Request).unwrap(), run_request());
+            prop_assert_eq!(frames[1].parse::<Response>(Kind::Response).unwrap(), stats);
         }
 
         #[test]
@@ -529,6 +644,18 @@ mod tests {
             d.feed(&f);
             let frame = d.next_frame().unwrap().unwrap();
             let _ = frame.parse::<Request>(Kind::Request);
+            let frame = Frame { kind: Kind::Response, payload: frame.payload };
+            let _ = frame.parse::<Response>(Kind::Response);
+        }
+
+        #[test]
+        fn damaged_stats_answers_never_panic(stats in any_stats(), cut in any::<usize>(), at in any::<usize>(), byte in any::<u8>()) {
+            let mut payload = serde_json::to_vec(&Response { id: 1, body: ResponseBody::Stats(stats) }).unwrap();
+            let at = at % payload.len();
+            payload[at] = byte;
+            payload.truncate(cut % (payload.len() + 1));
+            let frame = Frame { kind: Kind::Response, payload };
+            let _ = frame.parse::<Response>(Kind::Response);
         }
     }
 }

@@ -200,9 +200,7 @@ fn run(ctx: &okvm::cli::Context, command: Command) -> anyhow::Result<ExitCode> {
             CommonCmd::Ps(a) => done(okvm::cli::ps::run(ctx, a)),
             CommonCmd::Pause(a) => done(okvm::cli::pause::pause(ctx, a)),
             CommonCmd::Resume(a) => done(okvm::cli::pause::resume(ctx, a)),
-            CommonCmd::Events(_) => {
-                not_supported("events", "there are no cgroup statistics on the host")
-            }
+            CommonCmd::Events(a) => done(okvm::cli::events::run(ctx, a)),
             CommonCmd::Update(_) => not_supported("update", "a running VM is not resized yet"),
             CommonCmd::Checkpointt(_) => {
                 not_supported("checkpoint", "VM snapshots are not implemented")

@@ -36,6 +36,8 @@ pub enum Action {
     Pause,
     Resume,
     Exec,
+    /// Ask the guest for its resource usage (`events`).
+    Stats,
     Delete,
     ForceDelete,
 }
@@ -52,6 +54,7 @@ impl Status {
                 | (Running, Pause)
                 | (Paused, Resume)
                 | (Running, Exec)
+                | (Created | Running, Stats)
                 | (Created | Stopped, Delete)
                 | (_, ForceDelete)
         )
@@ -79,6 +82,7 @@ impl std::fmt::Display for Action {
             Action::Pause => "pause",
             Action::Resume => "resume",
             Action::Exec => "exec in",
+            Action::Stats => "get the stats of",
             Action::Delete | Action::ForceDelete => "delete",
         };
         f.write_str(s)
@@ -313,6 +317,9 @@ mod tests {
         assert!(!Stopped.allows(Kill));
         assert!(Running.allows(Pause) && Paused.allows(Resume));
         assert!(!Created.allows(Exec));
+        // A paused guest cannot answer; a stopped one has no usage.
+        assert!(Created.allows(Stats) && Running.allows(Stats));
+        assert!(!Paused.allows(Stats) && !Stopped.allows(Stats));
     }
 
     #[test]

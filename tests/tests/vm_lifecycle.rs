@@ -2,12 +2,16 @@
 //! the test host (`integration/run-suite okvm-tests:vm_lifecycle`, with
 //! `OKVM_CONFORMANCE_RUNTIME` naming okvm): SIGKILL of the sandbox process,
 //! a missing rootfs, pause/resume of the vCPUs, detached exec with a pid file,
-//! and signals passed on by a foreground `run`.
+//! signals passed on by a foreground `run`, and the guest's usage through
+//! `events`.
 
-use std::process::{Command, Stdio};
+use std::io::BufRead;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use okvm_tests::oci::{state_pid, HostProcess, Sandbox};
+use okvm_tests::oci::{default_config, state_pid, HostProcess, Sandbox};
+use serde_json::{json, Value};
 
 const LIMIT: Duration = Duration::from_secs(120);
 
@@ -191,6 +195,107 @@ fn a_foreground_run_passes_sigterm_on_and_ends_as_the_container() {
     };
     assert_eq!(status.code(), Some(9));
     assert_eq!(bundle.wait_for_marker("got"), "term\n");
+    assert_no_trace(&sb, &id);
+}
+
+/// Checks one `stats` event of container `id` running `sleep` in a VM of
+/// `mem_mib`, and returns it.
+#[track_caller]
+fn assert_stats_event(line: &str, id: &str, mem_mib: u64) -> Value {
+    let v: Value = serde_json::from_str(line)
+        .unwrap_or_else(|e| panic!("not one JSON object ({e}): {line:?}"));
+    assert_eq!(v["type"], "stats", "{v:#}");
+    assert_eq!(v["id"], id, "{v:#}");
+    let data = &v["data"];
+    let num = |ptr: &str| {
+        data.pointer(ptr)
+            .and_then(Value::as_u64)
+            .unwrap_or_else(|| panic!("no number at {ptr}: {v:#}"))
+    };
+    let (usage, limit) = (num("/memory/usage/usage"), num("/memory/usage/limit"));
+    assert!(usage > 0 && usage < limit, "{v:#}");
+    // The limit is the guest's MemTotal: the VM's size less what the kernel keeps.
+    let vm = mem_mib << 20;
+    assert!(
+        limit.abs_diff(vm) <= vm / 10,
+        "limit {limit} vs VM {vm}: {v:#}"
+    );
+    num("/memory/cache");
+    assert!(num("/pids/current") >= 1, "{v:#}");
+    assert!(num("/cpu/usage/total") > 0, "{v:#}");
+    assert!(num("/cpu/usage/user") + num("/cpu/usage/kernel") <= num("/cpu/usage/total"));
+    v
+}
+
+/// A child process that is killed if the test ends before it does.
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+#[ignore = "boots VMs: inside the test host with OKVM_CONFORMANCE_RUNTIME=okvm"]
+fn events_report_the_guests_usage_and_follow_it_until_it_stops() {
+    const MEM_MIB: u64 = 384;
+    let sb = Sandbox::new();
+    let id = sb.new_id("events");
+    let bundle = sb.bundle("events", &["sleep", "1000"]);
+    let mut config = default_config(&["sleep", "1000"]);
+    config["annotations"] = json!({ "io.okvm.memory_mib": MEM_MIB.to_string() });
+    bundle.write_config(&config);
+    sb.start_container(&id, &bundle);
+
+    let out = sb.invoke(&["events", "--stats", &id]);
+    out.assert_success();
+    assert_eq!(out.stdout.lines().count(), 1, "{out:#?}");
+    assert_stats_event(out.stdout.trim_end(), &id, MEM_MIB);
+
+    let out = sb.invoke(&["events", "--stats", "nosuch"]);
+    out.assert_failure_with_message();
+    assert_eq!(out.stderr.trim_end().lines().count(), 1, "{out:#?}");
+    assert!(out.stderr.contains("nosuch"), "{out:#?}");
+
+    // Without --stats: a line each interval, until the container stops.
+    let mut events = Reaped(
+        sb.command()
+            .args(["events", "--interval", "1", &id])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
+    let stdout = events.0.stdout.take().unwrap();
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    for _ in 0..2 {
+        let line = lines
+            .recv_timeout(LIMIT)
+            .expect("a stats line each second")
+            .unwrap();
+        assert_stats_event(&line, &id, MEM_MIB);
+    }
+    sb.invoke(&["kill", &id, "KILL"]).assert_success();
+    let deadline = Instant::now() + LIMIT;
+    let status = loop {
+        if let Some(st) = events.0.try_wait().unwrap() {
+            break st;
+        }
+        assert!(Instant::now() < deadline, "events outlived the container");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}");
+    sb.invoke(&["delete", &id]).assert_success();
     assert_no_trace(&sb, &id);
 }
 

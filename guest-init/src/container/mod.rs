@@ -1,5 +1,5 @@
 //! Running an OCI container inside the guest: the requests `Create`, `Start`,
-//! `Wait`, `Exec`, `Signal`, `Resize` and `Processes`.
+//! `Wait`, `Exec`, `Signal`, `Resize` and `Processes` (and the pid count of `Stats`).
 //!
 //! Like runc, okvm-init never prepares a container process inside itself (it
 //! is multi-threaded PID 1): it re-executes itself as a container stage
@@ -252,6 +252,14 @@ pub fn processes() -> Result<ResponseBody, String> {
     Ok(ResponseBody::Pids {
         pids: procs::members(&c.pid_ns),
     })
+}
+
+/// How many processes the container has: the set `Processes` answers, and
+/// none before a container was created (`Stats` is about the guest too).
+pub fn process_count() -> u64 {
+    lock(&CONTAINER)
+        .clone()
+        .map_or(0, |c| procs::members(&c.pid_ns).len() as u64)
 }
 
 /// Records the process's end when the reaper reports it (the reaper keeps
