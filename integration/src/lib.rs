@@ -34,6 +34,29 @@ pub fn artifact(name: &str) -> PathBuf {
     p
 }
 
+/// Inside the test host: imports the locally built test images into podman
+/// (and containerd, when it runs), once per test process.
+pub fn import_images() {
+    static IMPORT: std::sync::Once = std::sync::Once::new();
+    IMPORT.call_once(|| {
+        let out = Command::new(repo_root().join("integration/testhost/import-images"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "import-images: {out:?}");
+    });
+}
+
+/// `uname -r` as a container printed it: the guest's own kernel (ours), not
+/// the test host's, or the container did not run in a VM.
+pub fn assert_guest_kernel(printed: &str) {
+    let host = Command::new("uname").arg("-r").output().unwrap();
+    let host = text(&host.stdout).trim().to_string();
+    assert!(
+        printed.starts_with("6.12") && printed != host,
+        "{printed} vs {host}"
+    );
+}
+
 /// Fails the test unless it runs inside the emulated test host.
 pub fn require_testhost() {
     assert_eq!(

@@ -3,18 +3,11 @@
 //! run the same engines with okvm; these prove the ground they stand on.
 
 use std::process::Command;
-use std::sync::Once;
 
-use okvm_integration::{repo_root, require_testhost, text};
+use okvm_integration::{import_images, require_testhost, text};
 
 fn images() {
-    static IMPORT: Once = Once::new();
-    IMPORT.call_once(|| {
-        let out = Command::new(repo_root().join("integration/testhost/import-images"))
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "import-images: {out:?}");
-    });
+    import_images();
 }
 
 fn sh(script: &str) -> std::process::Output {

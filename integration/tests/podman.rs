@@ -7,7 +7,7 @@ use std::process::{Command, Output};
 use std::sync::Once;
 use std::time::{Duration, Instant};
 
-use okvm_integration::{repo_root, require_testhost, text};
+use okvm_integration::{assert_guest_kernel, import_images, repo_root, require_testhost, text};
 
 const IMAGE: &str = "localhost/okvm-busybox";
 const PREFIX: &str = "/run/okvm-prefix";
@@ -27,10 +27,7 @@ fn setup() -> Cleanup {
     require_testhost();
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
-        let out = Command::new(repo_root().join("integration/testhost/import-images"))
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "import-images: {out:?}");
+        import_images();
         let out = Command::new(repo_root().join("scripts/install"))
             .args(["--prefix", PREFIX])
             .output()
@@ -95,12 +92,7 @@ fn run_rm_prints_the_output_of_a_microvm_and_its_exit_code() {
         Some("okvm test image (busybox from Debian busybox-static)")
     );
     // The guest's own kernel, not the test host's: this ran in a VM.
-    let guest = lines.next().unwrap_or_default().to_string();
-    let host = stdout(&sh("uname -r")).trim().to_string();
-    assert!(
-        guest.starts_with("6.12") && guest != host,
-        "{guest} vs {host}"
-    );
+    assert_guest_kernel(lines.next().unwrap_or_default());
     assert!(text(&out.stderr).contains("err"), "{out:?}");
     let ok = run("", "true");
     assert_eq!(ok.status.code(), Some(0), "{ok:?}");

@@ -7,6 +7,7 @@ pub mod bundle;
 pub mod cli;
 pub mod guest;
 pub mod initramfs;
+pub mod internal;
 pub mod kvm_check;
 pub mod logger;
 pub mod network;

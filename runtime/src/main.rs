@@ -34,16 +34,6 @@ enum Command {
     CheckKvm,
     /// Boot a kernel in a microVM in the foreground; exit 0 when the guest powers off.
     Boot(BootArgs),
-    /// The sandbox process `create` starts (internal).
-    #[command(hide = true)]
-    Sandbox {
-        #[arg(long)]
-        id: String,
-        #[arg(long)]
-        bundle: PathBuf,
-        #[arg(long)]
-        console_socket: Option<PathBuf>,
-    },
     /// Pack okvm-init into the guest's uncompressed initramfs.
     Initramfs {
         /// The static okvm-init binary.
@@ -94,6 +84,7 @@ struct BootArgs {
 }
 
 fn main() -> ExitCode {
+    okvm::internal::dispatch();
     let cli = parse();
     let format = match cli.global.log_format.as_deref().unwrap_or("text").parse() {
         Ok(f) => f,
@@ -108,15 +99,7 @@ fn main() -> ExitCode {
         log::LevelFilter::Warn
     };
     let mut ctx = okvm::cli::Context::new(cli.global.root.clone());
-    // The sandbox's stdio belong to the container: without --log it logs
-    // into its state directory.
-    let log_file = match (&cli.command, &cli.global.log) {
-        (Some(Command::Sandbox { id, .. }), None) => {
-            Some(ctx.root.join(id).join(okvm::sandbox::LOG))
-        }
-        (_, log) => log.clone(),
-    };
-    okvm::logger::init(level, log_file.as_deref(), format);
+    okvm::logger::init(level, cli.global.log.as_deref(), format);
     if cli.version {
         println!(
             "okvm version {}\nspec: {}",
@@ -206,16 +189,6 @@ fn run(ctx: &okvm::cli::Context, command: Command) -> anyhow::Result<ExitCode> {
                 not_supported("checkpoint", "VM snapshots are not implemented")
             }
         },
-        Command::Sandbox {
-            id,
-            bundle,
-            console_socket,
-        } => okvm::sandbox::main(okvm::sandbox::Args {
-            root: ctx.root.clone(),
-            id,
-            bundle,
-            console_socket,
-        }),
         Command::CheckKvm => {
             let verdict = okvm::kvm_check::check(&okvm::kvm_check::Probe::default());
             println!("{verdict}");

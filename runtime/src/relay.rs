@@ -330,6 +330,39 @@ fn send_master(sock: &Path, master: &OwnedFd) -> io::Result<()> {
     Ok(())
 }
 
+/// The other end of [`send_master`]: accepts one connection on a console
+/// socket and takes the pty master sent over it (the containerd shim's side,
+/// which conmon plays for the CLI).
+pub fn receive_master(listener: &UnixListener) -> io::Result<OwnedFd> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    let (s, _) = listener.accept()?;
+    let mut name = [0u8; 256];
+    let mut iov = [io::IoSliceMut::new(&mut name)];
+    let mut space = nix::cmsg_space!([RawFd; 1]);
+    let msg = recvmsg::<()>(
+        s.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )?;
+    for c in msg.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(fds) = c {
+            let mut owned = fds.into_iter().map(|fd| {
+                // SAFETY: the kernel just installed these fds in this process
+                // for us alone; each is owned exactly once here.
+                unsafe { OwnedFd::from_raw_fd(fd) }
+            });
+            if let Some(master) = owned.next() {
+                return Ok(master);
+            }
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::InvalidData,
+        "nothing was sent over the console socket",
+    ))
+}
+
 /// Makes the pty slave this process's controlling terminal, so that a size
 /// change on the master (conmon, a terminal emulator) raises SIGWINCH here.
 /// The caller must be a session leader without one (after setsid).

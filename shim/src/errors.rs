@@ -6,99 +6,9 @@
 //! missing task is "not found" (fine during cleanup) or a real failure. So the
 //! code matters more than the message, and each variant maps to exactly one.
 
-use std::fmt;
-use std::io;
+use containerd_shim_protos::ttrpc::{self, Code};
 
 use crate::sandbox::RoleError;
-
-/// gRPC status codes, with their wire values. Local on purpose: the ttrpc
-/// crate (and its protobuf stack) only arrives with the real Task service.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[repr(i32)]
-pub enum Code {
-    Ok = 0,
-    Cancelled = 1,
-    Unknown = 2,
-    InvalidArgument = 3,
-    DeadlineExceeded = 4,
-    NotFound = 5,
-    AlreadyExists = 6,
-    PermissionDenied = 7,
-    ResourceExhausted = 8,
-    FailedPrecondition = 9,
-    Aborted = 10,
-    OutOfRange = 11,
-    Unimplemented = 12,
-    Internal = 13,
-    Unavailable = 14,
-    DataLoss = 15,
-    Unauthenticated = 16,
-}
-
-impl Code {
-    const ALL: [Code; 17] = [
-        Code::Ok,
-        Code::Cancelled,
-        Code::Unknown,
-        Code::InvalidArgument,
-        Code::DeadlineExceeded,
-        Code::NotFound,
-        Code::AlreadyExists,
-        Code::PermissionDenied,
-        Code::ResourceExhausted,
-        Code::FailedPrecondition,
-        Code::Aborted,
-        Code::OutOfRange,
-        Code::Unimplemented,
-        Code::Internal,
-        Code::Unavailable,
-        Code::DataLoss,
-        Code::Unauthenticated,
-    ];
-
-    /// The numeric value sent on the wire.
-    pub fn value(self) -> i32 {
-        self as i32
-    }
-
-    /// The code for a wire value; values outside 0..=16 are `Unknown`, as
-    /// gRPC itself treats them.
-    pub fn from_value(value: i32) -> Code {
-        usize::try_from(value)
-            .ok()
-            .and_then(|i| Code::ALL.get(i).copied())
-            .unwrap_or(Code::Unknown)
-    }
-
-    /// The canonical name, as gRPC tools print it.
-    pub fn name(self) -> &'static str {
-        match self {
-            Code::Ok => "OK",
-            Code::Cancelled => "CANCELLED",
-            Code::Unknown => "UNKNOWN",
-            Code::InvalidArgument => "INVALID_ARGUMENT",
-            Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-            Code::NotFound => "NOT_FOUND",
-            Code::AlreadyExists => "ALREADY_EXISTS",
-            Code::PermissionDenied => "PERMISSION_DENIED",
-            Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-            Code::FailedPrecondition => "FAILED_PRECONDITION",
-            Code::Aborted => "ABORTED",
-            Code::OutOfRange => "OUT_OF_RANGE",
-            Code::Unimplemented => "UNIMPLEMENTED",
-            Code::Internal => "INTERNAL",
-            Code::Unavailable => "UNAVAILABLE",
-            Code::DataLoss => "DATA_LOSS",
-            Code::Unauthenticated => "UNAUTHENTICATED",
-        }
-    }
-}
-
-impl fmt::Display for Code {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ShimError {
@@ -120,29 +30,23 @@ pub enum ShimError {
     InvalidRequest { field: &'static str, reason: String },
     #[error("invalid pod annotations: {0}")]
     Annotations(#[from] RoleError),
-    #[error("cannot {action} container {id} while it is {state}")]
+    #[error("cannot {action} {what} while it is {state}")]
     WrongState {
-        id: String,
+        what: String,
         action: &'static str,
         state: &'static str,
     },
-    #[error("{what} is not implemented yet")]
-    Unimplemented { what: &'static str },
-    #[error("out of {resource}: {reason}")]
-    ResourceExhausted {
-        resource: &'static str,
-        reason: String,
+    #[error("process already finished")]
+    Finished,
+    #[error("{what} is not supported by okvm: {why}")]
+    Unimplemented {
+        what: &'static str,
+        why: &'static str,
     },
-    #[error("sandbox {sandbox_id} is not reachable: {reason}")]
-    SandboxUnavailable { sandbox_id: String, reason: String },
-    #[error("{action} timed out")]
-    Timeout { action: &'static str },
-    #[error("{context}")]
-    Io {
-        context: String,
-        #[source]
-        source: io::Error,
-    },
+    /// What the runtime library reported; its code comes from its own error
+    /// kinds where it has one.
+    #[error("{0:#}")]
+    Runtime(anyhow::Error),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -151,158 +55,132 @@ impl ShimError {
     /// The status code containerd should see for this error.
     pub fn code(&self) -> Code {
         match self {
-            ShimError::ContainerNotFound { .. } | ShimError::ExecNotFound { .. } => Code::NotFound,
-            ShimError::ContainerExists { .. } | ShimError::ExecExists { .. } => Code::AlreadyExists,
-            ShimError::InvalidRequest { .. } | ShimError::Annotations(_) => Code::InvalidArgument,
-            ShimError::WrongState { .. } => Code::FailedPrecondition,
-            ShimError::Unimplemented { .. } => Code::Unimplemented,
-            ShimError::ResourceExhausted { .. } => Code::ResourceExhausted,
-            ShimError::SandboxUnavailable { .. } => Code::Unavailable,
-            ShimError::Timeout { .. } => Code::DeadlineExceeded,
-            // An I/O failure is the shim's problem, not the caller's: the
-            // request may well succeed if retried after the cause is fixed.
-            ShimError::Io { .. } | ShimError::Internal(_) => Code::Internal,
+            ShimError::ContainerNotFound { .. }
+            | ShimError::ExecNotFound { .. }
+            | ShimError::Finished => Code::NOT_FOUND,
+            ShimError::ContainerExists { .. } | ShimError::ExecExists { .. } => {
+                Code::ALREADY_EXISTS
+            }
+            ShimError::InvalidRequest { .. } | ShimError::Annotations(_) => Code::INVALID_ARGUMENT,
+            ShimError::WrongState { .. } => Code::FAILED_PRECONDITION,
+            ShimError::Unimplemented { .. } => Code::UNIMPLEMENTED,
+            ShimError::Runtime(e) => runtime_code(e),
+            ShimError::Internal(_) => Code::INTERNAL,
         }
     }
 }
 
-impl From<&ShimError> for Code {
-    fn from(err: &ShimError) -> Code {
-        err.code()
+fn runtime_code(e: &anyhow::Error) -> Code {
+    use okvm::state::Error;
+    match e.downcast_ref::<Error>() {
+        Some(Error::NotFound(_)) => Code::NOT_FOUND,
+        Some(Error::Exists(_)) => Code::ALREADY_EXISTS,
+        Some(Error::BadId(_)) => Code::INVALID_ARGUMENT,
+        Some(Error::Transition { .. }) => Code::FAILED_PRECONDITION,
+        // A failure to boot, a guest that does not answer, a bad image: the
+        // request may succeed once the cause is fixed.
+        _ => Code::UNKNOWN,
     }
 }
+
+impl From<anyhow::Error> for ShimError {
+    fn from(e: anyhow::Error) -> Self {
+        ShimError::Runtime(e)
+    }
+}
+
+impl From<ShimError> for ttrpc::Error {
+    fn from(e: ShimError) -> Self {
+        ttrpc::Error::RpcStatus(ttrpc::get_status(e.code(), e.to_string()))
+    }
+}
+
+pub type Result<T> = std::result::Result<T, ShimError>;
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn codes_have_their_grpc_wire_values() {
-        let expected = [
-            (Code::Ok, 0, "OK"),
-            (Code::Cancelled, 1, "CANCELLED"),
-            (Code::Unknown, 2, "UNKNOWN"),
-            (Code::InvalidArgument, 3, "INVALID_ARGUMENT"),
-            (Code::DeadlineExceeded, 4, "DEADLINE_EXCEEDED"),
-            (Code::NotFound, 5, "NOT_FOUND"),
-            (Code::AlreadyExists, 6, "ALREADY_EXISTS"),
-            (Code::PermissionDenied, 7, "PERMISSION_DENIED"),
-            (Code::ResourceExhausted, 8, "RESOURCE_EXHAUSTED"),
-            (Code::FailedPrecondition, 9, "FAILED_PRECONDITION"),
-            (Code::Aborted, 10, "ABORTED"),
-            (Code::OutOfRange, 11, "OUT_OF_RANGE"),
-            (Code::Unimplemented, 12, "UNIMPLEMENTED"),
-            (Code::Internal, 13, "INTERNAL"),
-            (Code::Unavailable, 14, "UNAVAILABLE"),
-            (Code::DataLoss, 15, "DATA_LOSS"),
-            (Code::Unauthenticated, 16, "UNAUTHENTICATED"),
-        ];
-        for (code, value, name) in expected {
-            assert_eq!(code.value(), value);
-            assert_eq!(Code::from_value(value), code);
-            assert_eq!(code.to_string(), name);
+    fn status(e: ShimError) -> (Code, String) {
+        match ttrpc::Error::from(e) {
+            ttrpc::Error::RpcStatus(s) => (s.code(), s.message().to_string()),
+            other => panic!("not a status: {other:?}"),
         }
     }
 
     #[test]
-    fn out_of_range_values_are_unknown() {
-        for value in [-1, 17, i32::MAX, i32::MIN] {
-            assert_eq!(Code::from_value(value), Code::Unknown);
-        }
-    }
-
-    #[test]
-    fn each_error_maps_to_its_code() {
-        let cases: Vec<(ShimError, i32)> = vec![
-            (ShimError::ContainerNotFound { id: "c1".into() }, 5),
+    fn each_error_travels_with_its_code_and_message() {
+        let cases: Vec<(ShimError, Code, &str)> = vec![
+            (
+                ShimError::ContainerNotFound { id: "c1".into() },
+                Code::NOT_FOUND,
+                "container c1: not found",
+            ),
             (
                 ShimError::ExecNotFound {
                     container_id: "c1".into(),
                     exec_id: "e1".into(),
                 },
-                5,
+                Code::NOT_FOUND,
+                "exec e1 in container c1: not found",
             ),
-            (ShimError::ContainerExists { id: "c1".into() }, 6),
             (
-                ShimError::ExecExists {
-                    container_id: "c1".into(),
-                    exec_id: "e1".into(),
-                },
-                6,
+                ShimError::Finished,
+                Code::NOT_FOUND,
+                "process already finished",
+            ),
+            (
+                ShimError::ContainerExists { id: "c1".into() },
+                Code::ALREADY_EXISTS,
+                "container c1: already exists",
             ),
             (
                 ShimError::InvalidRequest {
                     field: "stdin",
                     reason: "not a fifo".into(),
                 },
-                3,
-            ),
-            (
-                ShimError::Annotations(RoleError::UnknownContainerType {
-                    key: crate::sandbox::CRI_CONTAINER_TYPE,
-                    value: "pod".into(),
-                }),
-                3,
+                Code::INVALID_ARGUMENT,
+                "invalid stdin: not a fifo",
             ),
             (
                 ShimError::WrongState {
-                    id: "c1".into(),
-                    action: "start",
+                    what: "container c1".into(),
+                    action: "delete",
                     state: "running",
                 },
-                9,
-            ),
-            (ShimError::Unimplemented { what: "checkpoint" }, 12),
-            (
-                ShimError::ResourceExhausted {
-                    resource: "IPv4 addresses",
-                    reason: "10.88.90.0/24 is full".into(),
-                },
-                8,
+                Code::FAILED_PRECONDITION,
+                "cannot delete container c1 while it is running",
             ),
             (
-                ShimError::SandboxUnavailable {
-                    sandbox_id: "p1".into(),
-                    reason: "vsock connection refused".into(),
+                ShimError::Unimplemented {
+                    what: "checkpoint",
+                    why: "VM snapshots are not implemented",
                 },
-                14,
+                Code::UNIMPLEMENTED,
+                "checkpoint is not supported by okvm: VM snapshots are not implemented",
             ),
-            (ShimError::Timeout { action: "shutdown" }, 4),
             (
-                ShimError::Io {
-                    context: "cannot open state dir".into(),
-                    source: io::Error::from(io::ErrorKind::PermissionDenied),
-                },
-                13,
+                ShimError::Internal("bug".into()),
+                Code::INTERNAL,
+                "internal error: bug",
             ),
-            (ShimError::Internal("bug".into()), 13),
         ];
-        for (err, value) in cases {
-            assert_eq!(err.code().value(), value, "{err:?}");
-            assert_eq!(Code::from(&err), err.code());
+        for (err, code, message) in cases {
+            assert_eq!(status(err), (code, message.to_string()));
         }
     }
 
     #[test]
-    fn messages_read_well() {
+    fn runtime_errors_keep_the_library_error_kind() {
+        let not_found = anyhow::Error::from(okvm::state::Error::NotFound("c9".into()));
         assert_eq!(
-            ShimError::ContainerNotFound { id: "abc".into() }.to_string(),
-            "container abc: not found"
+            status(not_found.into()),
+            (Code::NOT_FOUND, "container c9 does not exist".to_string())
         );
-        assert_eq!(
-            ShimError::WrongState {
-                id: "abc".into(),
-                action: "start",
-                state: "running"
-            }
-            .to_string(),
-            "cannot start container abc while it is running"
-        );
-        let io_err = ShimError::Io {
-            context: "cannot open /run/okvm/abc".into(),
-            source: io::Error::from(io::ErrorKind::NotFound),
-        };
-        assert_eq!(io_err.to_string(), "cannot open /run/okvm/abc");
-        assert!(std::error::Error::source(&io_err).is_some());
+        let exists = anyhow::Error::from(okvm::state::Error::Exists("c9".into()))
+            .context("cannot create c9");
+        assert_eq!(ShimError::from(exists).code(), Code::ALREADY_EXISTS);
+        let other = anyhow::anyhow!("the guest was not ready within 120 s");
+        assert_eq!(ShimError::from(other).code(), Code::UNKNOWN);
     }
 }

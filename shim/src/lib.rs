@@ -1,15 +1,19 @@
 //! Library half of `containerd-shim-okvm-v2`, the containerd runtime v2 shim
 //! that runs each sandbox (a Kubernetes pod, or a lone container) as one
-//! okvm microVM.
+//! okvm microVM, through the okvm runtime library (never the `okvm` CLI).
 //!
-//! The ttrpc Task service is not here yet. What is here is what it will stand
-//! on: the command-line contract with containerd ([`flags`]), how a container's
-//! annotations place it in a VM ([`sandbox`]), and the error type whose
-//! variants map onto the gRPC status codes containerd understands ([`errors`]).
+//! [`service`] is the shim's life as containerd drives it, [`task`] the Task
+//! API, [`stdio`] the fifos, [`sandbox`] how annotations place a container in
+//! a VM, and [`errors`] the status codes containerd sees.
 
 pub mod errors;
-pub mod flags;
 pub mod sandbox;
+pub mod service;
+pub mod stdio;
+pub mod task;
 
-pub use errors::{Code, ShimError};
+pub use errors::ShimError;
 pub use sandbox::Role;
+
+/// The runtime type containerd knows this shim by.
+pub const RUNTIME_ID: &str = "io.containerd.okvm.v2";

@@ -1,11 +1,8 @@
 //! `okvm create`: check the bundle, claim the state directory, start the
 //! sandbox process, and return once the container process waits for `start`.
 
-use std::io::Read;
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
+use std::os::fd::BorrowedFd;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use anyhow::{bail, Context as _};
 
@@ -19,6 +16,9 @@ pub struct Options<'a> {
     pub bundle: &'a Path,
     pub console_socket: Option<&'a Path>,
     pub pid_file: Option<&'a Path>,
+    /// The sandbox's stdin, stdout and stderr (the container process's,
+    /// without a terminal); None: this process's own.
+    pub stdio: Option<[BorrowedFd<'a>; 3]>,
 }
 
 pub fn run(ctx: &Context, args: liboci_cli::Create) -> anyhow::Result<()> {
@@ -29,6 +29,7 @@ pub fn run(ctx: &Context, args: liboci_cli::Create) -> anyhow::Result<()> {
             bundle: &args.bundle,
             console_socket: args.console_socket.as_deref(),
             pid_file: args.pid_file.as_deref(),
+            stdio: None,
         },
     )
     .map(drop)
@@ -69,52 +70,21 @@ fn start_sandbox(
     };
     container.save(&state)?;
 
-    let (read, write) =
-        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("cannot make the sync pipe")?;
-    let mut cmd = Command::new(std::env::current_exe().context("cannot find okvm itself")?);
-    cmd.arg("--root").arg(&ctx.root);
-    if let Some(log) = &ctx.log {
-        cmd.arg("--log").arg(log);
-    }
-    if let Some(format) = &ctx.log_format {
-        cmd.arg("--log-format").arg(format);
-    }
-    if ctx.debug {
-        cmd.arg("--debug");
-    }
-    cmd.arg("sandbox")
-        .arg("--id")
-        .arg(opts.id)
-        .arg("--bundle")
-        .arg(&bundle.dir);
-    if let Some(sock) = opts.console_socket {
-        cmd.arg("--console-socket").arg(absolute(sock));
-    }
-    let raw = write.as_raw_fd();
-    // SAFETY: dup2 is async-signal-safe; the new fd 3 loses O_CLOEXEC, so
-    // the sandbox inherits exactly that one end of the pipe.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::dup2(raw, sandbox::SYNC_FD) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let child = cmd.spawn().context("cannot start the sandbox process")?;
-    drop(write);
-    let pid = child.id();
-    let outcome = read_outcome(read);
+    let task = crate::internal::Task::Sandbox(sandbox::Args {
+        root: ctx.root.clone(),
+        id: opts.id.into(),
+        bundle: bundle.dir.clone(),
+        console_socket: opts.console_socket.map(absolute),
+    });
+    let (pid, outcome) = crate::internal::spawn(ctx, task, opts.stdio)?;
     match outcome {
-        Some(Outcome { error: None }) => {}
-        Some(Outcome { error: Some(e) }) => bail!("{e}"),
+        Some(Outcome { error: None, .. }) => {}
+        Some(Outcome { error: Some(e), .. }) => bail!("{e}"),
         None => bail!(
             "the sandbox process ended during start-up{}",
             log_hint(&container.dir)
         ),
     }
-    // The sandbox lives on without us; it is conmon's (or init's) child now.
-    std::mem::forget(child);
     if let Some(p) = opts.pid_file {
         write_pid_file(p, pid)?;
     }
@@ -122,12 +92,6 @@ fn start_sandbox(
     state.pid = Some(pid as i32);
     container.save(&state)?;
     Ok(pid)
-}
-
-fn read_outcome(read: OwnedFd) -> Option<Outcome> {
-    let mut buf = Vec::new();
-    std::fs::File::from(read).read_to_end(&mut buf).ok()?;
-    serde_json::from_slice(&buf).ok()
 }
 
 fn log_hint(dir: &Path) -> String {

@@ -11,13 +11,19 @@ use crate::state::{Action, Container, Error, Status};
 const KILL_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub fn run(ctx: &Context, args: liboci_cli::Delete) -> anyhow::Result<()> {
-    let container = match Container::open(&ctx.root, &args.container_id) {
+    delete(ctx, &args.container_id, args.force)
+}
+
+/// Removes the container; with `force` also a running one (killed first),
+/// and a container that does not exist is not an error then.
+pub fn delete(ctx: &Context, id: &str, force: bool) -> anyhow::Result<()> {
+    let container = match Container::open(&ctx.root, id) {
         Ok(c) => c,
         // runc: --force on a container that does not exist is not an error.
-        Err(Error::NotFound(_)) if args.force => return Ok(()),
+        Err(Error::NotFound(_)) if force => return Ok(()),
         Err(e) => return Err(e.into()),
     };
-    let action = if args.force {
+    let action = if force {
         Action::ForceDelete
     } else {
         Action::Delete

@@ -79,14 +79,76 @@ pub fn run(ctx: &Context, args: liboci_cli::Exec) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// What the shim starts an exec proxy with (see [`crate::internal`]).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ProxyArgs {
+    pub root: std::path::PathBuf,
+    pub id: String,
+    /// The OCI process to run, as JSON.
+    pub process: std::path::PathBuf,
+    pub console_socket: Option<std::path::PathBuf>,
+}
+
+/// Starts an exec proxy for the shim, with `stdio` as the process's; returns
+/// the proxy's pid (which exits as the process does) and the process's pid
+/// in the guest.
+pub fn start_proxy(
+    ctx: &Context,
+    args: ProxyArgs,
+    stdio: Option<[std::os::fd::BorrowedFd<'_>; 3]>,
+) -> anyhow::Result<(u32, u32)> {
+    use crate::sandbox::Outcome;
+    let (pid, outcome) =
+        crate::internal::spawn(ctx, crate::internal::Task::ExecProxy(args), stdio)?;
+    match outcome {
+        Some(Outcome {
+            error: None,
+            guest_pid: Some(guest),
+        }) => Ok((pid, guest)),
+        Some(Outcome { error: Some(e), .. }) => bail!("{e}"),
+        _ => bail!("the exec proxy ended during start-up"),
+    }
+}
+
+/// An exec proxy started by the shim: reports its start-up over the sync fd
+/// (with the process's guest pid), then follows the process to its end.
+pub fn proxy_main(args: ProxyArgs) -> ! {
+    let _ = relayed_signals().thread_block();
+    let _ = nix::unistd::setsid();
+    let _ = nix::fcntl::fcntl(
+        crate::sandbox::SYNC_FD,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    );
+    let started = (|| {
+        let container = Container::open(&args.root, &args.id)?;
+        container.check(Action::Exec)?;
+        let process = read_process(&args.process)?;
+        Proxy::start(
+            &container.dir.join(VSOCK),
+            process,
+            args.console_socket.as_deref(),
+        )
+    })();
+    crate::sandbox::Outcome::report(&started, |p| p.pid);
+    match started {
+        Ok(proxy) => proxy.run(),
+        Err(e) => {
+            log::error!("{e:#}");
+            std::process::exit(1)
+        }
+    }
+}
+
+fn read_process(path: &Path) -> anyhow::Result<Process> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    serde_json::from_slice(&bytes).with_context(|| format!("cannot parse {}", path.display()))
+}
+
 /// The process to run: `--process` as given, or the container's own process
 /// with the command line's args and flags applied (as runc builds it).
 fn process_for(args: &liboci_cli::Exec, bundle: &Path) -> anyhow::Result<Process> {
     if let Some(path) = &args.process {
-        let bytes =
-            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-        return serde_json::from_slice(&bytes)
-            .with_context(|| format!("cannot parse {}", path.display()));
+        return read_process(path);
     }
     if args.command.is_empty() {
         bail!("exec needs a command, or --process");

@@ -12,8 +12,18 @@ use crate::sandbox::VSOCK;
 use crate::state::{Action, Container, Status};
 
 pub fn run(ctx: &Context, args: liboci_cli::Kill) -> anyhow::Result<()> {
-    let signal = parse_signal(&args.signal)?;
-    let container = Container::open(&ctx.root, &args.container_id)?;
+    kill(
+        ctx,
+        &args.container_id,
+        parse_signal(&args.signal)?,
+        args.all,
+    )
+}
+
+/// Delivers `signal` to the container process (with `all`, to all of the
+/// container's processes).
+pub fn kill(ctx: &Context, id: &str, signal: Signal, all: bool) -> anyhow::Result<()> {
+    let container = Container::open(&ctx.root, id)?;
     let state = container.check(Action::Kill)?;
     // SIGKILL needs no answer from the guest: the sandbox dies, and conmon
     // sees the container killed by SIGKILL, as with runc.
@@ -30,11 +40,31 @@ pub fn run(ctx: &Context, args: liboci_cli::Kill) -> anyhow::Result<()> {
             container.id
         );
     }
+    send(&container, None, signal, all)
+}
+
+/// Delivers `signal` to process `guest_pid` of the container (an exec'd one:
+/// the shim knows their guest pids).
+pub fn signal_process(
+    ctx: &Context,
+    id: &str,
+    guest_pid: u32,
+    signal: Signal,
+) -> anyhow::Result<()> {
+    let container = Container::open(&ctx.root, id)?;
+    let state = container.check(Action::Kill)?;
+    if state.status == Status::Paused {
+        bail!("container {id} is paused: resume it first");
+    }
+    send(&container, Some(guest_pid), signal, false)
+}
+
+fn send(container: &Container, pid: Option<u32>, signal: Signal, all: bool) -> anyhow::Result<()> {
     let mut client = Client::connect(&container.dir.join(VSOCK))?;
     match client.request(RequestBody::Signal {
-        pid: None,
+        pid,
         signal: signal as i32,
-        all: args.all,
+        all,
     })? {
         ResponseBody::Done => Ok(()),
         ResponseBody::Error { message } => Err(anyhow!("{message}")),

@@ -16,7 +16,8 @@ pub fn resume(ctx: &Context, args: liboci_cli::Resume) -> anyhow::Result<()> {
     set(ctx, &args.container_id, Action::Resume)
 }
 
-fn set(ctx: &Context, id: &str, action: Action) -> anyhow::Result<()> {
+/// `Action::Pause` or `Action::Resume` the container's VM.
+pub fn set(ctx: &Context, id: &str, action: Action) -> anyhow::Result<()> {
     let container = Container::open(&ctx.root, id)?;
     let mut state = container.check(action)?;
     let (signal, status) = match action {

@@ -16,18 +16,32 @@ pub fn run(ctx: &Context, args: liboci_cli::Ps) -> anyhow::Result<()> {
     let container = Container::open(&ctx.root, &args.container_id)?;
     let state = container.current()?;
     let host = state.pid.filter(|_| state.status != Status::Stopped);
-    let pids = if matches!(state.status, Status::Created | Status::Running) {
-        let mut client = Client::connect(&container.dir.join(VSOCK))?;
-        match client.request(RequestBody::Processes)? {
-            ResponseBody::Pids { pids } => pids,
-            ResponseBody::Error { message } => bail!("{message}"),
-            other => bail!("unexpected answer from the guest to ps: {other:?}"),
-        }
-    } else {
-        Vec::new()
-    };
+    let pids = guest_pids(&container, state.status)?;
     print!("{}", render(host, &pids, &args.format)?);
     Ok(())
+}
+
+/// The container's processes, by their pids in the guest (none once it
+/// stopped; a paused guest cannot answer).
+pub fn pids(ctx: &Context, id: &str) -> anyhow::Result<Vec<u32>> {
+    let container = Container::open(&ctx.root, id)?;
+    let state = container.current()?;
+    if state.status == Status::Paused {
+        bail!("container {id} is paused: its processes cannot be listed");
+    }
+    guest_pids(&container, state.status)
+}
+
+fn guest_pids(container: &Container, status: Status) -> anyhow::Result<Vec<u32>> {
+    if !matches!(status, Status::Created | Status::Running) {
+        return Ok(Vec::new());
+    }
+    let mut client = Client::connect(&container.dir.join(VSOCK))?;
+    match client.request(RequestBody::Processes)? {
+        ResponseBody::Pids { pids } => Ok(pids),
+        ResponseBody::Error { message } => bail!("{message}"),
+        other => bail!("unexpected answer from the guest to ps: {other:?}"),
+    }
 }
 
 fn render(host: Option<i32>, guest: &[u32], format: &str) -> anyhow::Result<String> {

@@ -24,6 +24,7 @@ pub fn run(ctx: &Context, args: liboci_cli::Run) -> anyhow::Result<ExitCode> {
             bundle: &args.bundle,
             console_socket: args.console_socket.as_deref(),
             pid_file: args.pid_file.as_deref(),
+            stdio: None,
         },
     )?;
     if let Err(e) = super::start::start(ctx, &args.container_id) {

@@ -56,6 +56,7 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// The default guest command line (okvm-init and the VMM add the rest).
 pub const CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 quiet";
 
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Args {
     pub root: PathBuf,
     pub id: String,
@@ -63,10 +64,35 @@ pub struct Args {
     pub console_socket: Option<PathBuf>,
 }
 
-/// What the sandbox tells `create`.
-#[derive(Debug, Serialize, Deserialize)]
+/// What a helper (the sandbox, an exec proxy) tells the process that
+/// started it, over [`SYNC_FD`].
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Outcome {
     pub error: Option<String>,
+    /// The process's pid in the guest, once it exists.
+    #[serde(default)]
+    pub guest_pid: Option<u32>,
+}
+
+impl Outcome {
+    /// Sends the outcome of start-up to the starter and lets go of the pipe.
+    pub fn report<T>(result: &anyhow::Result<T>, guest_pid: impl Fn(&T) -> u32) {
+        // SAFETY: the starter passed the pipe as fd 3 and nothing else in this
+        // process uses that number; the File takes ownership of it.
+        let mut sync = unsafe { std::fs::File::from_raw_fd(SYNC_FD) };
+        let outcome = Outcome {
+            error: result.as_ref().err().map(|e| format!("{e:#}")),
+            guest_pid: result.as_ref().ok().map(guest_pid),
+        };
+        let _ = sync.write_all(&serde_json::to_vec(&outcome).unwrap_or_default());
+    }
+
+    /// Reads what the helper reported: None when it ended without a word.
+    pub fn read(read: std::os::fd::OwnedFd) -> Option<Outcome> {
+        let mut buf = Vec::new();
+        std::fs::File::from(read).read_to_end(&mut buf).ok()?;
+        serde_json::from_slice(&buf).ok()
+    }
 }
 
 /// Signals the sandbox passes on to the container process (not SIGCHLD,
@@ -94,19 +120,13 @@ pub fn main(args: Args) -> ! {
     // only the relay thread receives these.
     let _ = relayed_signals().thread_block();
     let _ = nix::unistd::setsid();
-    // SAFETY: `create` passed the pipe as fd 3 and nothing else in this
-    // process uses that number.
-    let mut sync = unsafe { std::fs::File::from_raw_fd(SYNC_FD) };
+    // Not for virtiofsd or anything else this process starts.
     let _ = nix::fcntl::fcntl(
         SYNC_FD,
         nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
     );
     let running = prepare(&args);
-    let outcome = Outcome {
-        error: running.as_ref().err().map(|e| format!("{e:#}")),
-    };
-    let _ = sync.write_all(&serde_json::to_vec(&outcome).unwrap_or_default());
-    drop(sync);
+    Outcome::report(&running, |r| r.guest_pid);
     match running {
         Ok(r) => r.run(),
         Err(e) => {
@@ -118,6 +138,7 @@ pub fn main(args: Args) -> ! {
 
 struct Running {
     client: Client,
+    guest_pid: u32,
     uds: PathBuf,
     attached: relay::Attached,
     // Dropped (stopped) only when the process exits.
@@ -240,11 +261,14 @@ fn prepare(args: &Args) -> anyhow::Result<Running> {
             stdio: pending.stdio.clone(),
         })
         .with_context(|| format!("the guest did not prepare the container within {limit} s"))?;
-    match created {
-        ResponseBody::Created { pid } => log::debug!("container {}: guest pid {pid}", args.id),
+    let guest_pid = match created {
+        ResponseBody::Created { pid } => {
+            log::debug!("container {}: guest pid {pid}", args.id);
+            pid
+        }
         ResponseBody::Error { message } => bail!("{message}"),
         other => bail!("unexpected answer from the guest to create: {other:?}"),
-    }
+    };
     client.set_timeout(None)?;
     let attached = pending.attach(STREAM_TIMEOUT)?;
     if let Some(tty) = attached.tty() {
@@ -254,6 +278,7 @@ fn prepare(args: &Args) -> anyhow::Result<Running> {
     }
     Ok(Running {
         client,
+        guest_pid,
         uds,
         attached,
         _virtiofsd: virtiofsd,

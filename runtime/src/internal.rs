@@ -1,0 +1,142 @@
+//! The helper processes okvm's front ends start from their own binary: the
+//! sandbox (one per container, the VMM) and the exec proxy (one per process
+//! run with `exec` from the shim).
+//!
+//! Both `okvm` and `containerd-shim-okvm-v2` call [`dispatch`] first thing in
+//! `main`, so the library can start either of them as `current_exe()` with a
+//! marker argument and the task as JSON: no front end has to parse the
+//! other's flags, and the shim never runs the `okvm` CLI.
+
+use std::ffi::OsString;
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::Context as _;
+use serde::{Deserialize, Serialize};
+
+use crate::cli::Context;
+use crate::sandbox;
+
+/// argv[1] of a helper process.
+pub const MARKER: &str = "--okvm-internal";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Task {
+    Sandbox(sandbox::Args),
+    ExecProxy(crate::cli::exec::ProxyArgs),
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Invocation {
+    log: Option<PathBuf>,
+    log_format: Option<String>,
+    debug: bool,
+    task: Task,
+}
+
+/// Runs the helper named on the command line, if this process is one, and
+/// never returns then; returns when this is an ordinary invocation.
+pub fn dispatch() {
+    let mut args = std::env::args_os().skip(1);
+    if args.next().as_deref() != Some(MARKER.as_ref()) {
+        return;
+    }
+    let parsed = args
+        .next()
+        .and_then(|a| a.into_string().ok())
+        .and_then(|s| serde_json::from_str::<Invocation>(&s).ok());
+    let Some(inv) = parsed else {
+        eprintln!("okvm: error: {MARKER} is for okvm's own helper processes");
+        std::process::exit(2)
+    };
+    let level = if inv.debug {
+        log::LevelFilter::Debug
+    } else {
+        log::LevelFilter::Warn
+    };
+    let format = inv
+        .log_format
+        .as_deref()
+        .and_then(|f| f.parse().ok())
+        .unwrap_or_default();
+    // The helpers' stdio belong to the container's process: without a log
+    // file they log into the container's state directory.
+    let log_file = inv.log.clone().unwrap_or_else(|| match &inv.task {
+        Task::Sandbox(a) => a.root.join(&a.id).join(sandbox::LOG),
+        Task::ExecProxy(a) => a.root.join(&a.id).join(sandbox::LOG),
+    });
+    crate::logger::init(level, Some(&log_file), format);
+    match inv.task {
+        Task::Sandbox(a) => sandbox::main(a),
+        Task::ExecProxy(a) => crate::cli::exec::proxy_main(a),
+    }
+}
+
+/// Starts `task` as a child of this process, logging as `ctx` says, with
+/// `stdio` as its fds 0..2 (this process's own when None), and waits until it
+/// reports its start-up over its fd 3. Returns its pid and what it said
+/// (None: it ended without a word). The child is not waited for: it lives on
+/// as the caller's (conmon's, the shim's) to reap.
+pub fn spawn(
+    ctx: &Context,
+    task: Task,
+    stdio: Option<[BorrowedFd<'_>; 3]>,
+) -> anyhow::Result<(u32, Option<sandbox::Outcome>)> {
+    let inv = Invocation {
+        log: ctx.log.clone(),
+        log_format: ctx.log_format.clone(),
+        debug: ctx.debug,
+        task,
+    };
+    let json = serde_json::to_string(&inv).context("cannot encode the helper's task")?;
+    let (read, write) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("cannot make the sync pipe")?;
+    let mut cmd = Command::new(std::env::current_exe().context("cannot find okvm itself")?);
+    cmd.args([OsString::from(MARKER), OsString::from(json)]);
+    if let Some([stdin, stdout, stderr]) = stdio {
+        cmd.stdin(stdin.try_clone_to_owned()?)
+            .stdout(stdout.try_clone_to_owned()?)
+            .stderr(stderr.try_clone_to_owned()?);
+    }
+    let raw = write.as_raw_fd();
+    // SAFETY: dup2 is async-signal-safe; the new fd 3 loses O_CLOEXEC, so
+    // the helper inherits exactly that one end of the pipe.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(raw, sandbox::SYNC_FD) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().context("cannot start okvm's helper process")?;
+    // Only the child may hold the write end, or the read never ends.
+    drop(write);
+    drop(cmd);
+    let pid = child.id();
+    Ok((pid, sandbox::Outcome::read(read)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_invocation_survives_the_command_line() {
+        let inv = Invocation {
+            log: Some("/tmp/l".into()),
+            log_format: Some("json".into()),
+            debug: true,
+            task: Task::Sandbox(sandbox::Args {
+                root: "/run/okvm".into(),
+                id: "c1".into(),
+                bundle: "/b".into(),
+                console_socket: None,
+            }),
+        };
+        let back: Invocation = serde_json::from_str(&serde_json::to_string(&inv).unwrap()).unwrap();
+        assert_eq!(format!("{back:?}"), format!("{inv:?}"));
+    }
+}
