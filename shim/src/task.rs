@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -292,14 +293,14 @@ impl TaskService {
         .await;
     }
 
-    fn console_path(&self, id: &str, exec_id: &str) -> PathBuf {
-        // Short: a socket path has 108 bytes, and ids are often 64 hex digits.
-        let n = std::process::id() ^ (id.len() as u32) << 20 ^ exec_id.len() as u32;
-        let stamp = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default()
-            .subsec_nanos();
-        self.ctx.root.join(format!(".tty-{n:x}-{stamp:x}"))
+    /// A console socket path of its own for each terminal the shim takes:
+    /// short, as a socket path has 108 bytes and ids are often 64 hex digits.
+    fn console_path(&self) -> PathBuf {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        self.ctx
+            .root
+            .join(format!(".tty-{:x}-{n:x}", std::process::id()))
     }
 
     async fn create_task(&self, req: api::CreateTaskRequest) -> Result<api::CreateTaskResponse> {
@@ -327,7 +328,7 @@ impl TaskService {
                 })?;
         }
         let stdio = fifos(&req.stdin, &req.stdout, &req.stderr, req.terminal);
-        let console = self.console_path(&id, "");
+        let console = self.console_path();
         let ctx = self.ctx.clone();
         let (cid, cbundle, cstdio) = (id.clone(), bundle.clone(), stdio.clone());
         let created = async {
@@ -436,7 +437,7 @@ impl TaskService {
         std::fs::write(&spec_path, &spec).map_err(|e| {
             ShimError::Internal(format!("cannot write {}: {e}", spec_path.display()))
         })?;
-        let console = self.console_path(&id, &exec_id);
+        let console = self.console_path();
         let wiring = Wiring::new(&stdio, &console)?;
         let ctx = self.ctx.clone();
         let args = okvm::cli::exec::ProxyArgs {
