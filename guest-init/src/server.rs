@@ -45,7 +45,7 @@ pub fn serve(conn: File) -> After {
             }
         };
         let shutdown = matches!(req.body, RequestBody::Shutdown);
-        let body = handle(req.body);
+        let body = handle(req.container.as_deref(), req.body);
         let resp = Response { id: req.id, body };
         if let Err(e) = write_message(&mut writer, Kind::Response, &resp) {
             eprintln!("okvm-init: cannot answer request {}: {e}", req.id);
@@ -57,7 +57,7 @@ pub fn serve(conn: File) -> After {
     }
 }
 
-fn handle(body: RequestBody) -> ResponseBody {
+fn handle(which: Option<&str>, body: RequestBody) -> ResponseBody {
     let result = match body {
         RequestBody::Mount { tag, target } => {
             mount_share(&tag, &target).map(|()| ResponseBody::Done)
@@ -70,15 +70,15 @@ fn handle(body: RequestBody) -> ResponseBody {
             stdio,
         } => run(&args, &env, cwd.as_deref(), root.as_deref(), &stdio),
         RequestBody::Create { container, stdio } => container::create(*container, &stdio),
-        RequestBody::Start => container::start(),
+        RequestBody::Start => container::start(which),
         RequestBody::Network { interfaces } => {
             crate::network::configure(&interfaces).map(|()| ResponseBody::Done)
         }
-        RequestBody::Wait { pid } => container::wait(pid),
-        RequestBody::Exec { process, stdio } => container::exec(*process, &stdio),
-        RequestBody::Signal { pid, signal, all } => container::signal(pid, signal, all),
-        RequestBody::Resize { pid, rows, cols } => container::resize(pid, rows, cols),
-        RequestBody::Processes => container::processes(),
+        RequestBody::Wait { pid } => container::wait(which, pid),
+        RequestBody::Exec { process, stdio } => container::exec(which, *process, &stdio),
+        RequestBody::Signal { pid, signal, all } => container::signal(which, pid, signal, all),
+        RequestBody::Resize { pid, rows, cols } => container::resize(which, pid, rows, cols),
+        RequestBody::Processes => container::processes(which),
         RequestBody::Stats => crate::stats::read(container::process_count())
             .map(ResponseBody::Stats)
             .map_err(|e| e.to_string()),

@@ -397,3 +397,67 @@ fn a_terminal_container_resizes_and_its_sigterm_trap_sets_the_exit_code() {
     s.read_to_end(&mut rest).unwrap();
     g.shutdown();
 }
+
+#[test]
+#[ignore = "boots a guest: runs inside the test host (make test-e2e)"]
+fn one_guest_holds_several_containers_each_addressed_by_its_id() {
+    let mut g = Guest::boot();
+    let first = container(&["sh", "-c", "echo first $$; exit 3"], 0);
+    let mut second = container(&["sh", "-c", "echo second $$; exit 4"], 0);
+    second.id = "c2".into();
+    let (out1, out2) = (g.output(7101), g.output(7201));
+    g.create(first, streams(None, Some(7101), None));
+    g.create(second.clone(), streams(None, None, None));
+    // A second container with a taken id is refused; the first one is intact.
+    match g.request(RequestBody::Create {
+        container: Box::new(second.clone()),
+        stdio: streams(None, None, None),
+    }) {
+        ResponseBody::Error { message } => {
+            assert_eq!(message, r#"this guest already has container "c2""#)
+        }
+        other => panic!("{other:?}"),
+    }
+    let connect = |id: &str| {
+        let c = okvm::guest::Client::connect(&g.booted.uds)
+            .unwrap()
+            .for_container(id);
+        c.set_timeout(Some(LIMIT)).unwrap();
+        c
+    };
+    let mut unknown = connect("c9");
+    assert_eq!(
+        unknown.request(RequestBody::Processes).unwrap(),
+        ResponseBody::Error {
+            message: r#"there is no container "c9" in this guest"#.into()
+        }
+    );
+    drop(unknown);
+    // A third container, created and followed over a connection addressed to
+    // it (c2 stays created, never started, until the guest powers off).
+    let mut c3 = connect("c3");
+    second.id = "c3".into();
+    match c3
+        .request(RequestBody::Create {
+            container: Box::new(second),
+            stdio: streams(None, Some(7201), None),
+        })
+        .unwrap()
+    {
+        ResponseBody::Created { .. } => {}
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(c3.request(RequestBody::Start).unwrap(), ResponseBody::Done);
+    // Requests without a container id are about the first one.
+    g.done(RequestBody::Start);
+    assert_eq!(g.wait(None), (Some(3), None));
+    match c3.request(RequestBody::Wait { pid: None }).unwrap() {
+        ResponseBody::Exited { code, .. } => assert_eq!(code, Some(4)),
+        other => panic!("{other:?}"),
+    }
+    // Each is PID 1 of a pid namespace of its own.
+    assert_eq!(out1.join().unwrap(), "first 1\n");
+    assert_eq!(out2.join().unwrap(), "second 1\n");
+    drop(c3);
+    g.shutdown();
+}

@@ -41,6 +41,10 @@ pub enum Kind {
 pub struct Request {
     pub id: u64,
     pub body: RequestBody,
+    /// Which of the guest's containers the request is about (a pod's VM holds
+    /// several); None: the first one created. `Create` names its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -394,6 +398,7 @@ mod tests {
     fn run_request() -> Request {
         Request {
             id: 7,
+            container: None,
             body: RequestBody::Run {
                 args: vec!["sh".into(), "-c".into(), "exit 3".into()],
                 env: vec!["PATH=/bin".into()],
@@ -512,10 +517,27 @@ mod tests {
     }
 
     #[test]
+    fn a_request_names_its_container_only_when_it_has_one() {
+        let first = Request {
+            id: 2,
+            body: RequestBody::Processes,
+            container: None,
+        };
+        let json = serde_json::to_string(&first).unwrap();
+        assert!(!json.contains("container"), "{json}");
+        let back: Request = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, first);
+        let named: Request =
+            serde_json::from_str(r#"{"id":3,"body":{"op":"processes"},"container":"c2"}"#).unwrap();
+        assert_eq!(named.container.as_deref(), Some("c2"));
+    }
+
+    #[test]
     fn stats_round_trip_through_frames() {
         let req = Request {
             id: 4,
             body: RequestBody::Stats,
+            container: Some("c2".into()),
         };
         let resp = Response {
             id: 4,
@@ -564,6 +586,7 @@ mod tests {
             &Request {
                 id: 1,
                 body: RequestBody::Stats,
+                container: None,
             },
         );
         f[2] = VERSION - 1;

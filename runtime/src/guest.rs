@@ -81,6 +81,7 @@ pub struct Client {
     writer: UnixStream,
     reader: FrameReader<io::BufReader<UnixStream>>,
     next_id: u64,
+    container: Option<String>,
 }
 
 impl Client {
@@ -90,7 +91,15 @@ impl Client {
             writer,
             reader: FrameReader::new(io::BufReader::new(stream)),
             next_id: 1,
+            container: None,
         })
+    }
+
+    /// Addresses this connection's requests to container `id` of the guest
+    /// (a pod's VM holds several; by default, the first one).
+    pub fn for_container(mut self, id: &str) -> Self {
+        self.container = Some(id.to_string());
+        self
     }
 
     /// Opens a new control connection to okvm-init's port.
@@ -118,7 +127,12 @@ impl Client {
     pub fn request(&mut self, body: RequestBody) -> Result<ResponseBody, Error> {
         let id = self.next_id;
         self.next_id += 1;
-        write_message(&mut self.writer, Kind::Request, &Request { id, body })?;
+        let req = Request {
+            id,
+            body,
+            container: self.container.clone(),
+        };
+        write_message(&mut self.writer, Kind::Request, &req)?;
         let resp: Response = self.reader.read(Kind::Response)?;
         if resp.id != id {
             return Err(Error::OutOfOrder {

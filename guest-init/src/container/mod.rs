@@ -5,8 +5,8 @@
 //! is multi-threaded PID 1): it re-executes itself as a container stage
 //! ([`stage`]) that builds the root, applies the process and execs on the
 //! start byte. The container process is PID 1 of a pid namespace of its own;
-//! exec'd processes join it. One container per guest (the protocol's
-//! requests name none).
+//! exec'd processes join it. A guest may hold several containers (a pod's
+//! VM): each request names its container, or means the first one created.
 
 pub mod channel;
 pub mod config;
@@ -96,24 +96,35 @@ impl Container {
     }
 }
 
-static CONTAINER: Mutex<Option<Arc<Container>>> = Mutex::new(None);
+/// The guest's containers, in the order they were created.
+static CONTAINERS: Mutex<Vec<Arc<Container>>> = Mutex::new(Vec::new());
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn current() -> Result<Arc<Container>, String> {
-    lock(&CONTAINER)
-        .clone()
-        .ok_or_else(|| "no container was created in this guest".to_string())
+/// Container `which` (the first one created when None).
+fn current(which: Option<&str>) -> Result<Arc<Container>, String> {
+    let all = lock(&CONTAINERS);
+    match which {
+        None => all
+            .first()
+            .cloned()
+            .ok_or_else(|| "no container was created in this guest".to_string()),
+        Some(id) => all
+            .iter()
+            .find(|c| c.id == id)
+            .cloned()
+            .ok_or_else(|| format!("there is no container {id:?} in this guest")),
+    }
 }
 
 /// Create: prepares the container process up to its exec.
 pub fn create(spec: ContainerSpec, stdio: &Stdio) -> Result<ResponseBody, String> {
     // Held throughout, so requests about the container wait for it to exist.
-    let mut slot = lock(&CONTAINER);
-    if let Some(c) = &*slot {
-        return Err(format!("this guest already has container {:?}", c.id));
+    let mut all = lock(&CONTAINERS);
+    if all.iter().any(|c| c.id == spec.id) {
+        return Err(format!("this guest already has container {:?}", spec.id));
     }
     let id = spec.id.clone();
     note_ignored(&spec.process, &id);
@@ -132,7 +143,7 @@ pub fn create(spec: ContainerSpec, stdio: &Stdio) -> Result<ResponseBody, String
     // The host reads the container's files once it hears of the exit: they
     // must have reached it through virtio-fs by then.
     watch(init.clone(), p.exited, true)?;
-    *slot = Some(Arc::new(Container {
+    all.push(Arc::new(Container {
         id,
         pid: p.pid,
         pid_ns,
@@ -144,8 +155,8 @@ pub fn create(spec: ContainerSpec, stdio: &Stdio) -> Result<ResponseBody, String
 }
 
 /// Start: lets the created container process exec.
-pub fn start() -> Result<ResponseBody, String> {
-    let c = current()?;
+pub fn start(which: Option<&str>) -> Result<ResponseBody, String> {
+    let c = current(which)?;
     let starter = lock(&c.starter)
         .take()
         .ok_or_else(|| format!("container {:?} was already started", c.id))?;
@@ -154,8 +165,8 @@ pub fn start() -> Result<ResponseBody, String> {
 }
 
 /// Wait: the status of the container process (or of an exec'd one).
-pub fn wait(pid: Option<u32>) -> Result<ResponseBody, String> {
-    let c = current()?;
+pub fn wait(which: Option<&str>, pid: Option<u32>) -> Result<ResponseBody, String> {
+    let c = current(which)?;
     let (tracked, exec_pid) = c.tracked(pid)?;
     let exit = tracked.wait();
     if let Some(p) = exec_pid {
@@ -172,8 +183,12 @@ pub fn wait(pid: Option<u32>) -> Result<ResponseBody, String> {
 }
 
 /// Exec: starts another process in the running container.
-pub fn exec(process: oci_spec::runtime::Process, stdio: &Stdio) -> Result<ResponseBody, String> {
-    let c = current()?;
+pub fn exec(
+    which: Option<&str>,
+    process: oci_spec::runtime::Process,
+    stdio: &Stdio,
+) -> Result<ResponseBody, String> {
+    let c = current(which)?;
     if lock(&c.starter).is_some() {
         return Err(format!(
             "container {:?} is not running (created, not started)",
@@ -206,8 +221,13 @@ pub fn exec(process: oci_spec::runtime::Process, stdio: &Stdio) -> Result<Respon
 }
 
 /// Signal: to the container process, one of its processes, or all of them.
-pub fn signal(pid: Option<u32>, signal: i32, all: bool) -> Result<ResponseBody, String> {
-    let c = current()?;
+pub fn signal(
+    which: Option<&str>,
+    pid: Option<u32>,
+    signal: i32,
+    all: bool,
+) -> Result<ResponseBody, String> {
+    let c = current(which)?;
     let fail = |p: u32, e| format!("cannot send signal {signal} to process {p}: {e}");
     if all {
         for p in procs::members(&c.pid_ns) {
@@ -234,8 +254,13 @@ pub fn signal(pid: Option<u32>, signal: i32, all: bool) -> Result<ResponseBody, 
 }
 
 /// Resize: the terminal of the container process (or an exec'd one).
-pub fn resize(pid: Option<u32>, rows: u16, cols: u16) -> Result<ResponseBody, String> {
-    let c = current()?;
+pub fn resize(
+    which: Option<&str>,
+    pid: Option<u32>,
+    rows: u16,
+    cols: u16,
+) -> Result<ResponseBody, String> {
+    let c = current(which)?;
     let (tracked, _) = c.tracked(pid)?;
     let master = tracked
         .terminal
@@ -247,19 +272,21 @@ pub fn resize(pid: Option<u32>, rows: u16, cols: u16) -> Result<ResponseBody, St
 }
 
 /// Processes: the guest pids of the container's processes.
-pub fn processes() -> Result<ResponseBody, String> {
-    let c = current()?;
+pub fn processes(which: Option<&str>) -> Result<ResponseBody, String> {
+    let c = current(which)?;
     Ok(ResponseBody::Pids {
         pids: procs::members(&c.pid_ns),
     })
 }
 
-/// How many processes the container has: the set `Processes` answers, and
-/// none before a container was created (`Stats` is about the guest too).
+/// How many processes the guest's containers have: the sets `Processes`
+/// answers, and none before a container was created (`Stats` is about the
+/// whole guest).
 pub fn process_count() -> u64 {
-    lock(&CONTAINER)
-        .clone()
-        .map_or(0, |c| procs::members(&c.pid_ns).len() as u64)
+    lock(&CONTAINERS)
+        .iter()
+        .map(|c| procs::members(&c.pid_ns).len() as u64)
+        .sum()
 }
 
 /// Records the process's end when the reaper reports it (the reaper keeps
