@@ -51,6 +51,16 @@ pub fn dispatch() {
         eprintln!("okvm: error: {MARKER} is for okvm's own helper processes");
         std::process::exit(2)
     };
+    // Before any thread exists, so that every thread inherits the mask and
+    // only the relay thread receives these.
+    let _ = sandbox::relayed_signals().thread_block();
+    // A session of its own: a terminal's slave becomes its controlling tty.
+    let _ = nix::unistd::setsid();
+    // The sync pipe is not for virtiofsd or anything else the helper starts.
+    let _ = nix::fcntl::fcntl(
+        sandbox::SYNC_FD,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    );
     let level = if inv.debug {
         log::LevelFilter::Debug
     } else {
@@ -63,15 +73,29 @@ pub fn dispatch() {
         .unwrap_or_default();
     // The helpers' stdio belong to the container's process: without a log
     // file they log into the container's state directory.
-    let log_file = inv.log.clone().unwrap_or_else(|| match &inv.task {
-        Task::Sandbox(a) => a.root.join(&a.id).join(sandbox::LOG),
-        Task::ExecProxy(a) => a.root.join(&a.id).join(sandbox::LOG),
-    });
+    let (root, id) = match &inv.task {
+        Task::Sandbox(a) => (&a.root, &a.id),
+        Task::ExecProxy(a) => (&a.root, &a.id),
+    };
+    let log_file = inv
+        .log
+        .clone()
+        .unwrap_or_else(|| root.join(id).join(sandbox::LOG));
     crate::logger::init(level, Some(&log_file), format);
     match inv.task {
         Task::Sandbox(a) => sandbox::main(a),
         Task::ExecProxy(a) => crate::cli::exec::proxy_main(a),
     }
+}
+
+/// A helper's start-up is over: tells the starter how it went (with the guest
+/// pid of the process it follows), and on failure logs it and exits 1.
+pub fn started<T>(result: anyhow::Result<T>, guest_pid: impl Fn(&T) -> u32) -> T {
+    sandbox::Outcome::report(&result, guest_pid);
+    result.unwrap_or_else(|e| {
+        log::error!("{e:#}");
+        std::process::exit(1)
+    })
 }
 
 /// Starts `task` as a child of this process, logging as `ctx` says, with

@@ -140,8 +140,8 @@ impl Copies {
 
 /// One process's stdio, wired.
 pub struct Wiring {
-    /// The helper's fds 0, 1 and 2 (kept until it has started).
-    child: [OwnedFd; 3],
+    /// The helper's fds 0, 1 and 2, until it has started.
+    child: Option<[OwnedFd; 3]>,
     pub copies: Copies,
     console: Option<(UnixListener, PathBuf)>,
     pty: Option<File>,
@@ -184,7 +184,7 @@ impl Wiring {
             let listener = UnixListener::bind(console)
                 .map_err(internal(format!("cannot listen on {}", console.display())))?;
             return Ok(Wiring {
-                child: [dev_null()?, dev_null()?, dev_null()?],
+                child: Some([dev_null()?, dev_null()?, dev_null()?]),
                 copies,
                 console: Some((listener, console.into())),
                 pty: None,
@@ -211,7 +211,7 @@ impl Wiring {
         let stdout = output(&fifos.stdout, "stdout")?;
         let stderr = output(&fifos.stderr, "stderr")?;
         Ok(Wiring {
-            child: [stdin, stdout, stderr],
+            child: Some([stdin, stdout, stderr]),
             copies,
             console: None,
             pty: None,
@@ -219,10 +219,11 @@ impl Wiring {
         })
     }
 
-    /// The fds the helper gets as its stdin, stdout and stderr.
-    pub fn child_fds(&self) -> [BorrowedFd<'_>; 3] {
-        let [a, b, c] = &self.child;
-        [a.as_fd(), b.as_fd(), c.as_fd()]
+    /// The fds the helper gets as its stdin, stdout and stderr (None once it
+    /// has started).
+    pub fn child_fds(&self) -> Option<[BorrowedFd<'_>; 3]> {
+        let [a, b, c] = self.child.as_ref()?;
+        Some([a.as_fd(), b.as_fd(), c.as_fd()])
     }
 
     /// The console socket to hand the helper, with a terminal.
@@ -234,7 +235,7 @@ impl Wiring {
     /// copies see EOF when it ends) or takes the pty master it sent and
     /// starts copying the terminal.
     pub fn started(&mut self) -> Result<()> {
-        self.child = [dev_null()?, dev_null()?, dev_null()?];
+        self.child = None;
         let Some((listener, path)) = self.console.take() else {
             return Ok(());
         };

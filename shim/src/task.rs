@@ -216,20 +216,14 @@ impl TaskService {
         }
     }
 
-    fn with<T>(
-        &self,
-        id: &str,
-        f: impl FnOnce(&mut Container, &mut Tables) -> Result<T>,
-    ) -> Result<T> {
-        let mut guard = self.tables.lock().unwrap_or_else(|p| p.into_inner());
-        let tables = &mut *guard;
-        let mut c = tables
+    /// Runs `f` on container `id` under the tables' lock.
+    fn with<T>(&self, id: &str, f: impl FnOnce(&mut Container) -> Result<T>) -> Result<T> {
+        let mut t = self.tables.lock().unwrap_or_else(|p| p.into_inner());
+        let c = t
             .containers
-            .remove(id)
+            .get_mut(id)
             .ok_or_else(|| ShimError::ContainerNotFound { id: id.into() })?;
-        let r = f(&mut c, tables);
-        tables.containers.insert(id.into(), c);
-        r
+        f(c)
     }
 
     /// Notes that helper `pid` belongs to (id, exec_id), and handles its
@@ -266,7 +260,7 @@ impl TaskService {
             at: SystemTime::now(),
         };
         let io = self
-            .with(&id, |c, _| {
+            .with(&id, |c| {
                 let p = c.process(&id, &exec_id)?;
                 p.status = Status::Stopped;
                 Ok(p.wiring.as_ref().map(|w| w.copies.clone()))
@@ -278,7 +272,7 @@ impl TaskService {
         if let Some(io) = io {
             io.drain().await;
         }
-        let _ = self.with(&id, |c, _| {
+        let _ = self.with(&id, |c| {
             c.process(&id, &exec_id)?.exit.send_replace(Some(exit));
             Ok(())
         });
@@ -342,7 +336,7 @@ impl TaskService {
                         bundle: &cbundle,
                         console_socket: wiring.console_socket(),
                         pid_file: None,
-                        stdio: Some(wiring.child_fds()),
+                        stdio: wiring.child_fds(),
                     },
                 )?;
                 wiring.started()?;
@@ -400,11 +394,11 @@ impl TaskService {
     async fn start_task(&self, req: api::StartRequest) -> Result<api::StartResponse> {
         let (id, exec_id) = (req.id.clone(), req.exec_id.clone());
         if exec_id.is_empty() {
-            let pid = self.with(&id, |c, _| Ok(c.init.pid))?;
+            let pid = self.with(&id, |c| Ok(c.init.pid))?;
             let ctx = self.ctx.clone();
             let cid = id.clone();
             blocking(move || Ok(okvm::cli::start::start(&ctx, &cid)?)).await?;
-            self.with(&id, |c, _| {
+            self.with(&id, |c| {
                 if c.init.status == Status::Created {
                     c.init.status = Status::Running;
                 }
@@ -421,7 +415,7 @@ impl TaskService {
                 ..Default::default()
             });
         }
-        let (stdio, spec) = self.with(&id, |c, _| {
+        let (stdio, spec) = self.with(&id, |c| {
             let p = c.process(&id, &exec_id)?;
             if p.status != Status::Created || p.pid != 0 {
                 return Err(ShimError::WrongState {
@@ -448,7 +442,7 @@ impl TaskService {
         };
         let started = blocking(move || {
             let mut wiring = wiring;
-            let r = okvm::cli::exec::start_proxy(&ctx, args, Some(wiring.child_fds()));
+            let r = okvm::cli::exec::start_proxy(&ctx, args, wiring.child_fds());
             let _ = std::fs::remove_file(&spec_path);
             let (pid, guest) = r?;
             wiring.started()?;
@@ -456,7 +450,7 @@ impl TaskService {
         })
         .await;
         let (pid, guest_pid, wiring) = started?;
-        self.with(&id, |c, _| {
+        self.with(&id, |c| {
             let p = c.process(&id, &exec_id)?;
             p.pid = pid;
             p.guest_pid = guest_pid;
@@ -481,7 +475,7 @@ impl TaskService {
     async fn delete_task(&self, req: api::DeleteRequest) -> Result<api::DeleteResponse> {
         let (id, exec_id) = (req.id.clone(), req.exec_id.clone());
         if !exec_id.is_empty() {
-            let p = self.with(&id, |c, _| {
+            let p = self.with(&id, |c| {
                 let p = c.process(&id, &exec_id)?;
                 if p.status == Status::Running {
                     return Err(ShimError::WrongState {
@@ -495,7 +489,7 @@ impl TaskService {
             })?;
             return Ok(deleted(&p));
         }
-        let (bundle, status, io) = self.with(&id, |c, _| {
+        let (bundle, status, io) = self.with(&id, |c| {
             Ok((
                 c.bundle.clone(),
                 c.init.status,
@@ -524,12 +518,8 @@ impl TaskService {
         }
         let c = {
             let mut t = self.tables.lock().unwrap_or_else(|p| p.into_inner());
-            let c = t.containers.remove(&id);
-            if let Some(c) = &c {
-                t.pids.retain(|_, (owner, _)| owner != &id);
-                let _ = c;
-            }
-            c
+            t.pids.retain(|_, (owner, _)| owner != &id);
+            t.containers.remove(&id)
         };
         let Some(c) = c else {
             return Err(ShimError::ContainerNotFound { id });
@@ -561,7 +551,7 @@ impl TaskService {
                 reason: format!("not an OCI process: {e}"),
             }
         })?;
-        self.with(&id, |c, _| {
+        self.with(&id, |c| {
             if c.init.status != Status::Running {
                 return Err(ShimError::WrongState {
                     what: format!("container {id}"),
@@ -597,7 +587,7 @@ impl TaskService {
                 reason: format!("{} is not a signal", req.signal),
             }
         })?;
-        let (status, guest_pid) = self.with(&id, |c, _| {
+        let (status, guest_pid) = self.with(&id, |c| {
             let p = c.process(&id, &exec_id)?;
             Ok((p.status, p.guest_pid))
         })?;
@@ -624,7 +614,7 @@ impl TaskService {
     }
 
     async fn wait_task(&self, req: api::WaitRequest) -> Result<api::WaitResponse> {
-        let mut rx = self.with(&req.id, |c, _| {
+        let mut rx = self.with(&req.id, |c| {
             Ok(c.process(&req.id, &req.exec_id)?.exit.subscribe())
         })?;
         let exit = loop {
@@ -643,7 +633,7 @@ impl TaskService {
     }
 
     fn state_of(&self, req: &api::StateRequest) -> Result<api::StateResponse> {
-        self.with(&req.id, |c, _| {
+        self.with(&req.id, |c| {
             let bundle = c.bundle.to_string_lossy().into_owned();
             let p = c.process(&req.id, &req.exec_id)?;
             let exit = *p.exit.borrow();
@@ -669,7 +659,7 @@ impl TaskService {
         let cid = id.to_string();
         blocking(move || Ok(okvm::cli::pause::set(&ctx, &cid, action)?)).await?;
         let paused = action == Action::Pause;
-        self.with(id, |c, _| {
+        self.with(id, |c| {
             c.init.status = if paused {
                 Status::Paused
             } else {
@@ -694,14 +684,14 @@ impl TaskService {
     }
 
     async fn guest_pids(&self, id: &str) -> Result<Vec<u32>> {
-        self.with(id, |_, _| Ok(()))?;
+        self.with(id, |_| Ok(()))?;
         let ctx = self.ctx.clone();
         let cid = id.to_string();
         blocking(move || Ok(okvm::cli::ps::pids(&ctx, &cid)?)).await
     }
 
     async fn stats_of(&self, id: &str) -> Result<api::StatsResponse> {
-        self.with(id, |_, _| Ok(()))?;
+        self.with(id, |_| Ok(()))?;
         let ctx = self.ctx.clone();
         let cid = id.to_string();
         let s = blocking(move || Ok(okvm::cli::events::stats(&ctx, &cid)?)).await?;
@@ -866,7 +856,7 @@ impl Task for TaskService {
     }
 
     async fn resize_pty(&self, _: &TtrpcContext, req: api::ResizePtyRequest) -> TtrpcResult<Empty> {
-        let r = self.with(&req.id, |c, _| {
+        let r = self.with(&req.id, |c| {
             let p = c.process(&req.id, &req.exec_id)?;
             match &p.wiring {
                 Some(w) => w.resize(req.height as u16, req.width as u16),
@@ -881,7 +871,7 @@ impl Task for TaskService {
     }
 
     async fn close_io(&self, _: &TtrpcContext, req: api::CloseIORequest) -> TtrpcResult<Empty> {
-        let r = self.with(&req.id, |c, _| {
+        let r = self.with(&req.id, |c| {
             if let Some(w) = &c.process(&req.id, &req.exec_id)?.wiring {
                 w.copies.close_input();
             }
@@ -918,9 +908,7 @@ impl Task for TaskService {
         _: &TtrpcContext,
         req: api::ConnectRequest,
     ) -> TtrpcResult<api::ConnectResponse> {
-        let task_pid = self
-            .with(&req.id, |c, _| Ok(c.init.pid))
-            .unwrap_or_default();
+        let task_pid = self.with(&req.id, |c| Ok(c.init.pid)).unwrap_or_default();
         Ok(api::ConnectResponse {
             shim_pid: std::process::id(),
             task_pid,

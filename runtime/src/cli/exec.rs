@@ -113,12 +113,6 @@ pub fn start_proxy(
 /// An exec proxy started by the shim: reports its start-up over the sync fd
 /// (with the process's guest pid), then follows the process to its end.
 pub fn proxy_main(args: ProxyArgs) -> ! {
-    let _ = relayed_signals().thread_block();
-    let _ = nix::unistd::setsid();
-    let _ = nix::fcntl::fcntl(
-        crate::sandbox::SYNC_FD,
-        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
-    );
     let started = (|| {
         let container = Container::open(&args.root, &args.id)?;
         container.check(Action::Exec)?;
@@ -129,14 +123,7 @@ pub fn proxy_main(args: ProxyArgs) -> ! {
             args.console_socket.as_deref(),
         )
     })();
-    crate::sandbox::Outcome::report(&started, |p| p.pid);
-    match started {
-        Ok(proxy) => proxy.run(),
-        Err(e) => {
-            log::error!("{e:#}");
-            std::process::exit(1)
-        }
-    }
+    crate::internal::started(started, |p| p.pid).run()
 }
 
 fn read_process(path: &Path) -> anyhow::Result<Process> {

@@ -116,24 +116,7 @@ pub fn relayed_signals() -> SigSet {
 
 /// The sandbox's whole life; never returns.
 pub fn main(args: Args) -> ! {
-    // Before any thread exists, so that every thread inherits the mask and
-    // only the relay thread receives these.
-    let _ = relayed_signals().thread_block();
-    let _ = nix::unistd::setsid();
-    // Not for virtiofsd or anything else this process starts.
-    let _ = nix::fcntl::fcntl(
-        SYNC_FD,
-        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
-    );
-    let running = prepare(&args);
-    Outcome::report(&running, |r| r.guest_pid);
-    match running {
-        Ok(r) => r.run(),
-        Err(e) => {
-            log::error!("{e:#}");
-            std::process::exit(1)
-        }
-    }
+    crate::internal::started(prepare(&args), |r| r.guest_pid).run()
 }
 
 struct Running {
