@@ -65,6 +65,10 @@ pub struct Plan {
     pub vcpus: u8,
     pub mem_mib: u64,
     pub terminal: bool,
+    /// The directory of the share this container's entries go in ("" for
+    /// the share's top): the entries' names are relative to it, the
+    /// container's paths in the guest include it.
+    pub dir: String,
 }
 
 impl Plan {
@@ -79,7 +83,7 @@ impl Plan {
         let mut m = Mount::default();
         m.set_destination(dest.into());
         m.set_typ(Some("bind".into()));
-        m.set_source(Some(name.clone().into()));
+        m.set_source(Some(share_path(&self.dir, &name).into()));
         m.set_options(Some(vec!["rbind".into(), "ro".into()]));
         mounts.push(m);
         self.entries.push(ShareEntry {
@@ -142,8 +146,14 @@ impl Bundle {
             .collect()
     }
 
-    /// The sandbox's plan for container `id`.
+    /// The sandbox's plan for container `id`, alone in its VM.
     pub fn plan(&self, id: &str) -> Result<Plan, Error> {
+        self.plan_in(id, "")
+    }
+
+    /// The plan for container `id` with its files in directory `dir` of the
+    /// share (a pod's VM holds several containers' files).
+    pub fn plan_in(&self, id: &str, dir: &str) -> Result<Plan, Error> {
         let spec = &self.spec;
         let process = spec.process().clone().ok_or(Error::NoProcess)?;
         let mut entries = vec![ShareEntry {
@@ -179,7 +189,7 @@ impl Bundle {
                     readonly: opts.iter().any(|o| o == "ro"),
                     recursive: opts.iter().any(|o| o == "rbind"),
                 });
-                m.set_source(Some(name.into()));
+                m.set_source(Some(share_path(dir, &name).into()));
             }
             mounts.push(m);
         }
@@ -189,7 +199,7 @@ impl Bundle {
         let container = ContainerSpec {
             id: id.into(),
             share_tag: SHARE_TAG.into(),
-            rootfs: "rootfs".into(),
+            rootfs: share_path(dir, "rootfs"),
             readonly: spec
                 .root()
                 .as_ref()
@@ -216,7 +226,16 @@ impl Bundle {
             entries,
             vcpus,
             mem_mib,
+            dir: dir.into(),
         })
+    }
+}
+
+fn share_path(dir: &str, name: &str) -> String {
+    if dir.is_empty() {
+        name.into()
+    } else {
+        format!("{dir}/{name}")
     }
 }
 
@@ -335,6 +354,35 @@ mod tests {
         assert_eq!(
             plan.container.mounts[0].source().as_deref(),
             Some(Path::new("proc"))
+        );
+    }
+
+    #[test]
+    fn a_pod_container_has_its_own_directory_of_the_share() {
+        let host = tempfile::tempdir().unwrap();
+        let config = format!(
+            r#"{BASE},"mounts":[{{"destination":"/data","type":"bind","source":"{}","options":["bind"]}}]}}"#,
+            host.path().display()
+        );
+        let (_d, b) = bundle(&config);
+        let mut plan = b.unwrap().plan_in("c2", "containers/c2").unwrap();
+        assert_eq!(plan.container.rootfs, "containers/c2/rootfs");
+        let names: Vec<_> = plan.entries.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(names, ["rootfs", "mounts/0"]);
+        plan.bind_unless_mounted("/etc/hosts".into(), "/etc/hosts");
+        assert_eq!(plan.entries[2].name, "mounts/1");
+        let sources: Vec<_> = plan
+            .container
+            .mounts
+            .iter()
+            .map(|m| m.source().clone().unwrap())
+            .collect();
+        assert_eq!(
+            sources,
+            [
+                Path::new("containers/c2/mounts/0"),
+                Path::new("containers/c2/mounts/1")
+            ]
         );
     }
 

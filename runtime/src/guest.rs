@@ -50,6 +50,8 @@ pub fn connect(uds: &Path, port: u32) -> Result<UnixStream, Error> {
         err,
     };
     let mut s = UnixStream::connect(uds).map_err(cerr)?;
+    // A paused or wedged VM never answers: say so rather than hang.
+    s.set_read_timeout(Some(CONNECT_TIMEOUT)).map_err(cerr)?;
     s.write_all(format!("CONNECT {port}\n").as_bytes())
         .map_err(cerr)?;
     // The reply line is read a byte at a time: whatever follows it is the
@@ -69,7 +71,30 @@ pub fn connect(uds: &Path, port: u32) -> Result<UnixStream, Error> {
     if !reply.starts_with("OK ") {
         return Err(Error::Refused { port, reply });
     }
+    s.set_read_timeout(None).map_err(cerr)?;
     Ok(s)
+}
+
+/// How long the VMM may take to accept a connection to a guest port.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Where a container's guest side is reached: its VM's vsock socket, and its
+/// name in that guest (None: the VM's first container, its own).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Address {
+    pub uds: PathBuf,
+    pub container: Option<String>,
+}
+
+impl Address {
+    /// A new control connection addressed to the container.
+    pub fn connect(&self) -> Result<Client, Error> {
+        let client = Client::connect(&self.uds)?;
+        Ok(match &self.container {
+            Some(id) => client.for_container(id),
+            None => client,
+        })
+    }
 }
 
 /// Where the VMM connects when the guest dials host `port` (the device's own

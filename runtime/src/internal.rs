@@ -158,6 +158,7 @@ mod tests {
                 id: "c1".into(),
                 bundle: "/b".into(),
                 console_socket: None,
+                pod: Some("p1".into()),
             }),
         };
         let back: Invocation = serde_json::from_str(&serde_json::to_string(&inv).unwrap()).unwrap();

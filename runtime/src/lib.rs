@@ -11,6 +11,7 @@ pub mod internal;
 pub mod kvm_check;
 pub mod logger;
 pub mod network;
+pub mod pod;
 pub mod procs;
 pub mod relay;
 pub mod sandbox;

@@ -175,6 +175,28 @@ impl Pending {
     }
 }
 
+impl Pending {
+    /// [`Pending::attach`], for the process that relays the streams in its
+    /// own session: a terminal's slave becomes its controlling tty, so that
+    /// window-size changes reach it as SIGWINCH.
+    pub fn attach_session(self, timeout: Duration) -> Result<Attached, Error> {
+        let attached = self.attach(timeout)?;
+        if let Some(tty) = attached.tty() {
+            if let Err(e) = take_controlling_tty(tty) {
+                log::warn!("terminal size changes will not reach the process: {e}");
+            }
+        }
+        Ok(attached)
+    }
+}
+
+/// The first of four host vsock ports for the streams of a process this
+/// process relays: distinct per live relaying process, as pids are, so that
+/// exec proxies and a pod's containers share a VM's port space.
+pub fn ports_of_this_process() -> u32 {
+    20_000 + (std::process::id() % 10_000) * 4
+}
+
 impl Attached {
     /// The host pty slave, whose size changes are relayed.
     pub fn tty(&self) -> Option<RawFd> {

@@ -105,6 +105,10 @@ pub struct State {
     pub annotations: BTreeMap<String, String>,
     /// RFC 3339, as runc's `state` prints it.
     pub created: String,
+    /// The container whose VM this one runs in (its pod's sandbox), when it
+    /// does not have a VM of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -254,6 +258,21 @@ impl Container {
         }
     }
 
+    /// Where this container's guest side is reached.
+    pub fn address(&self, state: &State) -> crate::guest::Address {
+        use crate::sandbox::VSOCK;
+        match &state.pod {
+            Some(pod) => crate::guest::Address {
+                uds: self.dir.with_file_name(pod).join(VSOCK),
+                container: Some(self.id.clone()),
+            },
+            None => crate::guest::Address {
+                uds: self.dir.join(VSOCK),
+                container: None,
+            },
+        }
+    }
+
     /// Removes the directory and everything in it.
     pub fn remove(self) -> Result<(), Error> {
         std::fs::remove_dir_all(&self.dir).map_err(|err| Error::Io {
@@ -301,6 +320,7 @@ mod tests {
             bundle: "/b".into(),
             annotations: BTreeMap::new(),
             created: "2026-11-22T00:00:00Z".into(),
+            pod: None,
         }
     }
 
@@ -368,6 +388,24 @@ mod tests {
             Container::open(root.path(), "c1"),
             Err(Error::NotFound(_))
         ));
+    }
+
+    #[test]
+    fn a_pod_container_is_reached_through_its_pods_vm() {
+        let c = Container {
+            id: "c2".into(),
+            dir: "/run/okvm/c2".into(),
+        };
+        let mut s = state("c2", Status::Running);
+        let own = c.address(&s);
+        assert_eq!(
+            (own.uds, own.container),
+            ("/run/okvm/c2/vsock".into(), None)
+        );
+        s.pod = Some("sb".into());
+        let member = c.address(&s);
+        assert_eq!(member.uds, Path::new("/run/okvm/sb/vsock"));
+        assert_eq!(member.container.as_deref(), Some("c2"));
     }
 
     #[test]

@@ -8,7 +8,7 @@
 
 use containerd_shim_protos::ttrpc::{self, Code};
 
-use crate::sandbox::RoleError;
+use okvm::pod::RoleError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ShimError {

@@ -12,8 +12,8 @@ use containerd_shim::asynchronous::{spawn, ExitSignal, Shim};
 use containerd_shim::protos::protobuf;
 use containerd_shim::{api, Config, Flags, StartOpts};
 
-use crate::sandbox::Role;
 use crate::task::TaskService;
+use okvm::pod::Role;
 
 /// Where the shim keeps okvm's container state, per containerd namespace:
 /// apart from the `okvm` CLI's /run/okvm, so `okvm list` shows only its own.
@@ -47,7 +47,8 @@ impl Shim for OkvmShim {
         let mut grouping = opts.id.clone();
         if let Ok(spec) = read_spec("").await {
             if let Some(annotations) = spec.annotations() {
-                let role = Role::from_annotations(annotations)
+                let annotations = annotations.clone().into_iter().collect();
+                let role = Role::from_annotations(&annotations)
                     .map_err(|e| containerd_shim::Error::InvalidArgument(e.to_string()))?;
                 if let Some(sandbox_id) = role.sandbox_id() {
                     grouping = sandbox_id.to_string();

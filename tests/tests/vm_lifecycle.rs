@@ -307,3 +307,92 @@ fn nix_kill(pid: i64, sig: i32) {
         .unwrap();
     assert!(st.success());
 }
+
+fn sh(script: &str) {
+    let st = Command::new("sh").args(["-c", script]).status().unwrap();
+    assert!(st.success(), "{script}: {st}");
+}
+
+/// A pod as containerd's CRI plugin marks it: the sandbox boots the VM, and
+/// a container of the pod runs in that same guest, with a rootfs of its own
+/// that the host mounted only after the VM booted, and the pod's network.
+#[test]
+#[ignore = "boots VMs: inside the test host with OKVM_CONFORMANCE_RUNTIME=okvm"]
+fn a_pods_container_runs_in_the_vm_its_sandbox_booted() {
+    let sb = Sandbox::new();
+    let pod = sb.new_id("pod");
+    let sandbox = sb.bundle(
+        "pod",
+        &[
+            "sh",
+            "-c",
+            "cat /proc/sys/kernel/random/boot_id > /b.tmp; mv /b.tmp /boot-id; touch /pod-only; \
+             while :; do echo from-the-pod | nc -l -p 7000; done",
+        ],
+    );
+    let config_of = |b: &okvm_tests::oci::Bundle| -> Value {
+        serde_json::from_slice(&std::fs::read(b.path().join("config.json")).unwrap()).unwrap()
+    };
+    let annotate = |config: &mut Value, kind: &str| {
+        config["annotations"] = json!({
+            "io.kubernetes.cri.container-type": kind,
+            "io.kubernetes.cri.sandbox-id": pod,
+        });
+    };
+    let mut sandbox_config = config_of(&sandbox);
+    annotate(&mut sandbox_config, "sandbox");
+    sandbox.write_config(&sandbox_config);
+    sb.start_container(&pod, &sandbox);
+    let pod_boot = sandbox.wait_for_marker("boot-id");
+
+    // The container's rootfs: a private tmpfs mounted now, which the pod's
+    // sandbox (made earlier) cannot have seen.
+    let id = sb.new_id("member");
+    let member = sb.bundle(
+        "member",
+        &[
+            "sh",
+            "-c",
+            "cat /proc/sys/kernel/random/boot_id > /boot-id; \
+             test -e /pod-only && echo shared > /root-is || echo own > /root-is; \
+             nc 127.0.0.1 7000 > /got; echo out-of-the-member; exit 3",
+        ],
+    );
+    let late = member.path().join("late-root");
+    std::fs::create_dir(&late).unwrap();
+    sh(&format!(
+        "mount -t tmpfs late {0} && mount --make-private {0} && cp -a {1}/. {0}/",
+        late.display(),
+        member.rootfs().display()
+    ));
+    let mut config = config_of(&member);
+    config["root"]["path"] = json!(late);
+    annotate(&mut config, "container");
+    member.write_config(&config);
+    let out = sb.run_foreground(&id, &member);
+    let read = |name: &str| std::fs::read_to_string(late.join(name)).unwrap_or_default();
+    assert_eq!(out.code(), Some(3), "{out:#?}");
+    assert!(out.stdout.contains("out-of-the-member"), "{out:#?}");
+    assert_eq!(read("boot-id"), pod_boot, "not the pod's guest");
+    assert_eq!(read("root-is"), "own\n", "the pod's rootfs showed through");
+    assert_eq!(read("got"), "from-the-pod\n", "no loopback to the pod");
+    assert_no_trace(&sb, &id);
+    // The pod goes on without it, and a second container joins it as well.
+    let again = sb.new_id("again");
+    config["process"]["args"] = json!(["sh", "-c", "nc 127.0.0.1 7000"]);
+    member.write_config(&config);
+    let out = sb.run_foreground(&again, &member);
+    assert_eq!(out.stdout, "from-the-pod\n", "{out:#?}");
+    assert_eq!(sb.state(&pod)["status"], "running");
+    // A container naming a pod okvm does not run is refused.
+    let stray = sb.new_id("stray");
+    config["annotations"]["io.kubernetes.cri.sandbox-id"] = json!("no-such-pod");
+    member.write_config(&config);
+    sb.create(&stray, member.path(), &[])
+        .assert_failure_with_message()
+        .assert_stderr_mentions_any(&["pod sandbox no-such-pod"]);
+    assert_no_trace(&sb, &stray);
+    sb.invoke(&["delete", "--force", &pod]).assert_success();
+    assert_no_trace(&sb, &pod);
+    sh(&format!("umount {}", late.display()));
+}

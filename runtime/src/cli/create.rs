@@ -8,6 +8,7 @@ use anyhow::{bail, Context as _};
 
 use super::Context;
 use crate::bundle::Bundle;
+use crate::pod::Role;
 use crate::sandbox::{self, Outcome};
 use crate::state::{Container, State, Status};
 
@@ -41,8 +42,15 @@ pub fn create(ctx: &Context, opts: &Options) -> anyhow::Result<u32> {
     // Everything that can be checked is checked before anything is made.
     let bundle = Bundle::load(opts.bundle)?;
     bundle.plan(opts.id)?;
+    // A pod's container runs in the VM its sandbox booted.
+    let pod = match Role::from_annotations(&bundle.annotations())? {
+        Role::PodContainer { sandbox_id } => {
+            Some(crate::pod::sandbox_container(&ctx.root, &sandbox_id)?)
+        }
+        Role::PodSandbox { .. } | Role::Standalone => None,
+    };
     let container = Container::create(&ctx.root, opts.id)?;
-    let result = start_sandbox(ctx, &container, &bundle, opts);
+    let result = start_sandbox(ctx, &container, &bundle, opts, pod);
     match result {
         Ok(pid) => Ok(pid),
         Err(e) => {
@@ -58,6 +66,7 @@ fn start_sandbox(
     container: &Container,
     bundle: &Bundle,
     opts: &Options,
+    pod: Option<String>,
 ) -> anyhow::Result<u32> {
     let mut state = State {
         oci_version: super::OCI_VERSION.into(),
@@ -67,6 +76,7 @@ fn start_sandbox(
         bundle: bundle.dir.clone(),
         annotations: bundle.annotations(),
         created: now_rfc3339(),
+        pod: pod.clone(),
     };
     container.save(&state)?;
 
@@ -75,6 +85,7 @@ fn start_sandbox(
         id: opts.id.into(),
         bundle: bundle.dir.clone(),
         console_socket: opts.console_socket.map(absolute),
+        pod,
     });
     let (pid, outcome) = crate::internal::spawn(ctx, task, opts.stdio)?;
     match outcome {

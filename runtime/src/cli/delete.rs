@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use nix::sys::signal::Signal;
+
 use super::Context;
 use crate::procs::Procs;
 use crate::state::{Action, Container, Error, Status};
@@ -36,12 +38,36 @@ pub fn delete(ctx: &Context, id: &str, force: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A pod's container that still runs is killed in the guest, and its helper
+/// given the time to notice and take the container's files out of the pod's
+/// share; killing the helper instead would leave the process running in the
+/// pod's VM.
+fn leave_pod(container: &Container, procs: &Procs) {
+    let Ok(state) = container.load() else { return };
+    let Some(helper) = procs.sandbox.filter(|p| p.alive()) else {
+        return;
+    };
+    if state.pod.is_none() {
+        return;
+    }
+    let address = container.address(&state);
+    if let Err(e) = super::kill::send(&address, None, Signal::SIGKILL, true) {
+        log::debug!("container {}: {e:#}", container.id);
+        return;
+    }
+    let deadline = std::time::Instant::now() + KILL_TIMEOUT;
+    while helper.alive() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// Kills every process the container's sandbox recorded (the sandbox, and
 /// virtiofsd, which would die with it anyway), removes its network (tap, tc
 /// state, address lease), then removes the state directory. The share's mounts lived in the sandbox's own mount namespace
 /// and are gone with it.
 pub fn destroy(container: Container) {
     let procs = Procs::load(&container.dir);
+    leave_pod(&container, &procs);
     for p in procs.all() {
         if !p.kill_and_wait(KILL_TIMEOUT) {
             log::warn!(

@@ -14,8 +14,7 @@ use okvm_protocol::{GuestStats, RequestBody, ResponseBody};
 use serde::Serialize;
 
 use super::Context;
-use crate::guest::Client;
-use crate::sandbox::VSOCK;
+use crate::guest::Address;
 use crate::state::{Action, Container, Error as StateError, Status};
 
 /// Reading two /proc files takes a guest milliseconds; this only keeps a
@@ -27,18 +26,18 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 /// running: a paused guest cannot answer, a stopped one has nothing to tell.
 pub fn stats(ctx: &Context, id: &str) -> anyhow::Result<GuestStats> {
     let container = Container::open(&ctx.root, id)?;
-    match container.check(Action::Stats) {
+    let state = match container.check(Action::Stats) {
         Err(StateError::Transition {
             status: Status::Paused,
             ..
         }) => bail!("container {id} is paused: its guest cannot answer until it is resumed"),
         r => r?,
     };
-    ask(&container)
+    ask(&container.address(&state))
 }
 
-fn ask(container: &Container) -> anyhow::Result<GuestStats> {
-    let mut client = Client::connect(&container.dir.join(VSOCK))?;
+fn ask(address: &Address) -> anyhow::Result<GuestStats> {
+    let mut client = address.connect()?;
     client.set_timeout(Some(ANSWER_TIMEOUT))?;
     match client.request(RequestBody::Stats)? {
         ResponseBody::Stats(stats) => Ok(stats),
@@ -101,14 +100,14 @@ fn reading(container: &Container) -> anyhow::Result<Reading> {
         Err(StateError::NotFound(_)) => Ok(true),
         Err(e) => Err(e),
     };
-    match container.current() {
+    let state = match container.current() {
         Err(StateError::NotFound(_)) => return Ok(Reading::Ended),
         Err(e) => return Err(e.into()),
         Ok(state) if state.status == Status::Stopped => return Ok(Reading::Ended),
         Ok(state) if !state.status.allows(Action::Stats) => return Ok(Reading::NotNow),
-        Ok(_) => {}
-    }
-    match ask(container) {
+        Ok(state) => state,
+    };
+    match ask(&container.address(&state)) {
         Ok(stats) => Ok(Reading::Stats(stats)),
         // The guest powers off when the container ends, which can be while
         // it is being asked: that is the end of the stream, not an error.
@@ -249,6 +248,7 @@ mod tests {
             bundle: "/b".into(),
             annotations: Default::default(),
             created: "2026-01-01T00:00:00Z".into(),
+            pod: None,
         })
         .unwrap();
         crate::procs::Procs {

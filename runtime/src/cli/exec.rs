@@ -17,23 +17,23 @@ use okvm_protocol::{RequestBody, ResponseBody};
 use super::create::write_pid_file;
 use super::Context;
 use crate::bundle::Bundle;
-use crate::guest::Client;
+use crate::guest::{Address, Client};
 use crate::relay;
-use crate::sandbox::{follow, relayed_signals, STREAM_TIMEOUT, VSOCK};
+use crate::sandbox::{follow, relayed_signals, STREAM_TIMEOUT};
 use crate::state::{Action, Container};
 
 pub fn run(ctx: &Context, args: liboci_cli::Exec) -> anyhow::Result<ExitCode> {
     let container = Container::open(&ctx.root, &args.container_id)?;
     let state = container.check(Action::Exec)?;
     let process = process_for(&args, &state.bundle)?;
-    let uds = container.dir.join(VSOCK);
+    let address = container.address(&state);
     let console = args.console_socket.as_deref();
     if process.terminal().unwrap_or(false) && console.is_none() {
         bail!("exec with a terminal needs --console-socket");
     }
     if !args.detach {
         let _ = relayed_signals().thread_block();
-        let proxy = Proxy::start(&uds, process, console)?;
+        let proxy = Proxy::start(&address, process, console)?;
         if let Some(p) = &args.pid_file {
             write_pid_file(p, std::process::id())?;
         }
@@ -48,7 +48,7 @@ pub fn run(ctx: &Context, args: liboci_cli::Exec) -> anyhow::Result<ExitCode> {
             let _ = relayed_signals().thread_block();
             let _ = nix::unistd::setsid();
             let mut sync = std::fs::File::from(write);
-            match Proxy::start(&uds, process, console) {
+            match Proxy::start(&address, process, console) {
                 Ok(proxy) => {
                     let _ = sync.write_all(b"ok");
                     drop(sync);
@@ -115,10 +115,10 @@ pub fn start_proxy(
 pub fn proxy_main(args: ProxyArgs) -> ! {
     let started = (|| {
         let container = Container::open(&args.root, &args.id)?;
-        container.check(Action::Exec)?;
+        let state = container.check(Action::Exec)?;
         let process = read_process(&args.process)?;
         Proxy::start(
-            &container.dir.join(VSOCK),
+            &container.address(&state),
             process,
             args.console_socket.as_deref(),
         )
@@ -190,17 +190,15 @@ fn process_for(args: &liboci_cli::Exec, bundle: &Path) -> anyhow::Result<Process
 
 struct Proxy {
     client: Client,
-    uds: std::path::PathBuf,
+    address: Address,
     pid: u32,
     attached: relay::Attached,
 }
 
 impl Proxy {
-    fn start(uds: &Path, process: Process, console: Option<&Path>) -> anyhow::Result<Proxy> {
-        // Distinct per live proxy: pids are unique while the proxy lives.
-        let base = 20_000 + (std::process::id() % 10_000) * 4;
-        let pending = relay::prepare(uds, base, console)?;
-        let mut client = Client::connect(uds)?;
+    fn start(address: &Address, process: Process, console: Option<&Path>) -> anyhow::Result<Proxy> {
+        let pending = relay::prepare(&address.uds, relay::ports_of_this_process(), console)?;
+        let mut client = address.connect()?;
         let pid = match client.request(RequestBody::Exec {
             process: Box::new(process),
             stdio: pending.stdio.clone(),
@@ -209,19 +207,16 @@ impl Proxy {
             ResponseBody::Error { message } => bail!("{message}"),
             other => bail!("unexpected answer from the guest to exec: {other:?}"),
         };
-        let attached = pending.attach(STREAM_TIMEOUT)?;
-        if let Some(tty) = attached.tty() {
-            let _ = relay::take_controlling_tty(tty);
-        }
+        let attached = pending.attach_session(STREAM_TIMEOUT)?;
         Ok(Proxy {
             client,
-            uds: uds.into(),
+            address: address.clone(),
             pid,
             attached,
         })
     }
 
     fn run(self) -> ! {
-        follow(self.client, &self.uds, Some(self.pid), self.attached)
+        follow(self.client, &self.address, Some(self.pid), self.attached)
     }
 }

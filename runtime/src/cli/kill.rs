@@ -6,9 +6,8 @@ use nix::sys::signal::Signal;
 use okvm_protocol::{RequestBody, ResponseBody};
 
 use super::Context;
-use crate::guest::Client;
+use crate::guest::Address;
 use crate::procs::Procs;
-use crate::sandbox::VSOCK;
 use crate::state::{Action, Container, Status};
 
 pub fn run(ctx: &Context, args: liboci_cli::Kill) -> anyhow::Result<()> {
@@ -26,8 +25,9 @@ pub fn kill(ctx: &Context, id: &str, signal: Signal, all: bool) -> anyhow::Resul
     let container = Container::open(&ctx.root, id)?;
     let state = container.check(Action::Kill)?;
     // SIGKILL needs no answer from the guest: the sandbox dies, and conmon
-    // sees the container killed by SIGKILL, as with runc.
-    if signal == Signal::SIGKILL {
+    // sees the container killed by SIGKILL, as with runc. (A pod's
+    // container shares its VM: the guest kills it.)
+    if signal == Signal::SIGKILL && state.pod.is_none() {
         if let Some(p) = Procs::load(&container.dir).sandbox {
             p.signal(libc::SIGKILL);
             return Ok(());
@@ -40,7 +40,7 @@ pub fn kill(ctx: &Context, id: &str, signal: Signal, all: bool) -> anyhow::Resul
             container.id
         );
     }
-    send(&container, None, signal, all)
+    send(&container.address(&state), None, signal, all)
 }
 
 /// Delivers `signal` to process `guest_pid` of the container (an exec'd one:
@@ -56,11 +56,16 @@ pub fn signal_process(
     if state.status == Status::Paused {
         bail!("container {id} is paused: resume it first");
     }
-    send(&container, Some(guest_pid), signal, false)
+    send(&container.address(&state), Some(guest_pid), signal, false)
 }
 
-fn send(container: &Container, pid: Option<u32>, signal: Signal, all: bool) -> anyhow::Result<()> {
-    let mut client = Client::connect(&container.dir.join(VSOCK))?;
+pub(crate) fn send(
+    address: &Address,
+    pid: Option<u32>,
+    signal: Signal,
+    all: bool,
+) -> anyhow::Result<()> {
+    let mut client = address.connect()?;
     match client.request(RequestBody::Signal {
         pid,
         signal: signal as i32,

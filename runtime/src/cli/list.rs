@@ -50,6 +50,7 @@ mod tests {
             bundle: "/b".into(),
             annotations: Default::default(),
             created: "t".into(),
+            pod: None,
         }
     }
 

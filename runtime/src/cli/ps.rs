@@ -8,15 +8,14 @@ use anyhow::bail;
 use okvm_protocol::{RequestBody, ResponseBody};
 
 use super::Context;
-use crate::guest::Client;
-use crate::sandbox::VSOCK;
+use crate::guest::Address;
 use crate::state::{Container, Status};
 
 pub fn run(ctx: &Context, args: liboci_cli::Ps) -> anyhow::Result<()> {
     let container = Container::open(&ctx.root, &args.container_id)?;
     let state = container.current()?;
     let host = state.pid.filter(|_| state.status != Status::Stopped);
-    let pids = guest_pids(&container, state.status)?;
+    let pids = guest_pids(&container.address(&state), state.status)?;
     print!("{}", render(host, &pids, &args.format)?);
     Ok(())
 }
@@ -29,14 +28,14 @@ pub fn pids(ctx: &Context, id: &str) -> anyhow::Result<Vec<u32>> {
     if state.status == Status::Paused {
         bail!("container {id} is paused: its processes cannot be listed");
     }
-    guest_pids(&container, state.status)
+    guest_pids(&container.address(&state), state.status)
 }
 
-fn guest_pids(container: &Container, status: Status) -> anyhow::Result<Vec<u32>> {
+fn guest_pids(address: &Address, status: Status) -> anyhow::Result<Vec<u32>> {
     if !matches!(status, Status::Created | Status::Running) {
         return Ok(Vec::new());
     }
-    let mut client = Client::connect(&container.dir.join(VSOCK))?;
+    let mut client = address.connect()?;
     match client.request(RequestBody::Processes)? {
         ResponseBody::Pids { pids } => Ok(pids),
         ResponseBody::Error { message } => bail!("{message}"),

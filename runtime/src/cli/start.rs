@@ -4,8 +4,6 @@ use anyhow::bail;
 use okvm_protocol::{RequestBody, ResponseBody};
 
 use super::Context;
-use crate::guest::Client;
-use crate::sandbox::VSOCK;
 use crate::state::{Action, Container, Status};
 
 pub fn run(ctx: &Context, args: liboci_cli::Start) -> anyhow::Result<()> {
@@ -15,7 +13,7 @@ pub fn run(ctx: &Context, args: liboci_cli::Start) -> anyhow::Result<()> {
 pub fn start(ctx: &Context, id: &str) -> anyhow::Result<()> {
     let container = Container::open(&ctx.root, id)?;
     let mut state = container.check(Action::Start)?;
-    let mut client = Client::connect(&container.dir.join(VSOCK))?;
+    let mut client = container.address(&state).connect()?;
     match client.request(RequestBody::Start)? {
         ResponseBody::Done => {}
         ResponseBody::Error { message } => bail!("cannot start container {id}: {message}"),

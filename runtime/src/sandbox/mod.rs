@@ -7,6 +7,7 @@
 //! process ends exits the same way (its code, or death by its signal), so that
 //! conmon or containerd see what runc would have shown.
 
+mod member;
 pub mod share;
 
 use std::io::{Read, Write};
@@ -21,7 +22,7 @@ use okvm_protocol::{RequestBody, ResponseBody, CONTROL_PORT};
 use serde::{Deserialize, Serialize};
 
 use crate::bundle::{Bundle, SHARE_TAG};
-use crate::guest::{host_port_path, Client};
+use crate::guest::{host_port_path, Address, Client};
 use crate::procs::{Proc, Procs};
 use crate::virtiofsd::Virtiofsd;
 use crate::{assets, network, relay};
@@ -62,6 +63,10 @@ pub struct Args {
     pub id: String,
     pub bundle: PathBuf,
     pub console_socket: Option<PathBuf>,
+    /// The pod's sandbox container whose VM this container joins (None: the
+    /// container boots a VM of its own).
+    #[serde(default)]
+    pub pod: Option<String>,
 }
 
 /// What a helper (the sandbox, an exec proxy) tells the process that
@@ -116,13 +121,16 @@ pub fn relayed_signals() -> SigSet {
 
 /// The sandbox's whole life; never returns.
 pub fn main(args: Args) -> ! {
+    if let Some(pod) = args.pod.clone() {
+        member::main(args, pod)
+    }
     crate::internal::started(prepare(&args), |r| r.guest_pid).run()
 }
 
 struct Running {
     client: Client,
     guest_pid: u32,
-    uds: PathBuf,
+    address: Address,
     attached: relay::Attached,
     // Dropped (stopped) only when the process exits.
     _virtiofsd: Virtiofsd,
@@ -133,11 +141,7 @@ fn prepare(args: &Args) -> anyhow::Result<Running> {
     let bundle = Bundle::load(&args.bundle)?;
     let mut plan = bundle.plan(&args.id)?;
     let net_mode = network::Mode::of(&bundle.spec)?;
-    match (plan.terminal, &args.console_socket) {
-        (true, None) => bail!("process.terminal is set, but no --console-socket was given"),
-        (false, Some(_)) => bail!("--console-socket was given, but process.terminal is not set"),
-        _ => {}
-    }
+    check_console(plan.terminal, args.console_socket.as_deref())?;
     if bundle
         .spec
         .linux()
@@ -238,34 +242,59 @@ fn prepare(args: &Args) -> anyhow::Result<Running> {
         ResponseBody::Error { message } => bail!("cannot configure the guest's network: {message}"),
         other => bail!("unexpected answer from the guest to the network settings: {other:?}"),
     }
+    let (guest_pid, attached) = create_in_guest(&mut client, plan.container, pending)?;
+    Ok(Running {
+        client,
+        guest_pid,
+        address: Address {
+            uds,
+            container: None,
+        },
+        attached,
+        _virtiofsd: virtiofsd,
+    })
+}
+
+/// A terminal needs a console socket, and a console socket a terminal.
+fn check_console(terminal: bool, console_socket: Option<&Path>) -> anyhow::Result<()> {
+    match (terminal, console_socket) {
+        (true, None) => bail!("process.terminal is set, but no --console-socket was given"),
+        (false, Some(_)) => bail!("--console-socket was given, but process.terminal is not set"),
+        _ => Ok(()),
+    }
+}
+
+/// Has okvm-init prepare `container` (up to its exec) with the stdio
+/// `pending` waits for; returns its guest pid and its attached streams.
+fn create_in_guest(
+    client: &mut Client,
+    container: okvm_protocol::ContainerSpec,
+    pending: relay::Pending,
+) -> anyhow::Result<(u32, relay::Attached)> {
+    let id = container.id.clone();
+    let limit = ready_timeout();
+    client.set_timeout(Some(limit))?;
     let created = client
         .request(RequestBody::Create {
-            container: Box::new(plan.container),
+            container: Box::new(container),
             stdio: pending.stdio.clone(),
         })
-        .with_context(|| format!("the guest did not prepare the container within {limit} s"))?;
+        .with_context(|| {
+            format!(
+                "the guest did not prepare the container within {} s",
+                limit.as_secs()
+            )
+        })?;
     let guest_pid = match created {
         ResponseBody::Created { pid } => {
-            log::debug!("container {}: guest pid {pid}", args.id);
+            log::debug!("container {id}: guest pid {pid}");
             pid
         }
         ResponseBody::Error { message } => bail!("{message}"),
         other => bail!("unexpected answer from the guest to create: {other:?}"),
     };
     client.set_timeout(None)?;
-    let attached = pending.attach(STREAM_TIMEOUT)?;
-    if let Some(tty) = attached.tty() {
-        if let Err(e) = relay::take_controlling_tty(tty) {
-            log::warn!("terminal size changes will not reach the container: {e}");
-        }
-    }
-    Ok(Running {
-        client,
-        guest_pid,
-        uds,
-        attached,
-        _virtiofsd: virtiofsd,
-    })
+    Ok((guest_pid, pending.attach_session(STREAM_TIMEOUT)?))
 }
 
 fn accept_ready(
@@ -304,7 +333,7 @@ fn console_tail(path: &Path) -> String {
 
 impl Running {
     fn run(self) -> ! {
-        follow(self.client, &self.uds, None, self.attached)
+        follow(self.client, &self.address, None, self.attached)
     }
 }
 
@@ -312,26 +341,40 @@ impl Running {
 /// this process receives, waits for the process (the container's when `pid`
 /// is None), lets its last output through, and ends this process as it ended.
 /// Shared by the sandbox and `okvm exec`'s proxy.
-pub fn follow(mut client: Client, uds: &Path, pid: Option<u32>, attached: relay::Attached) -> ! {
-    let (uds_owned, tty) = (uds.to_path_buf(), attached.tty());
+pub fn follow(client: Client, address: &Address, pid: Option<u32>, attached: relay::Attached) -> ! {
+    match wait_end(client, address, pid, attached) {
+        Some((code, signal)) => exit_like(code, signal),
+        None => std::process::exit(255),
+    }
+}
+
+/// [`follow`] up to the process's end: its exit code or signal (None: the
+/// guest was lost).
+fn wait_end(
+    mut client: Client,
+    address: &Address,
+    pid: Option<u32>,
+    attached: relay::Attached,
+) -> Option<(Option<i32>, Option<i32>)> {
+    let (to, tty) = (address.clone(), attached.tty());
     let _ = std::thread::Builder::new()
         .name("signals".into())
-        .spawn(move || relay_signals(&uds_owned, pid, tty));
+        .spawn(move || relay_signals(&to, pid, tty));
     match client.request(RequestBody::Wait { pid }) {
         Ok(ResponseBody::Exited { code, signal, .. }) => {
             attached.drain(DRAIN_TIMEOUT);
-            exit_like(code, signal)
+            return Some((code, signal));
         }
         Ok(other) => log::error!("unexpected answer from the guest to wait: {other:?}"),
         Err(e) => log::error!("lost the guest while waiting for its process: {e}"),
     }
-    std::process::exit(255)
+    None
 }
 
 /// Passes the signals this process receives on to process `pid` in the guest
 /// (the container process when None); SIGWINCH becomes a resize of the
 /// terminal `tty`. Runs forever on its own thread.
-pub fn relay_signals(uds: &Path, pid: Option<u32>, tty: Option<RawFd>) {
+pub fn relay_signals(address: &Address, pid: Option<u32>, tty: Option<RawFd>) {
     let set = relayed_signals();
     let mut client = None;
     loop {
@@ -349,7 +392,7 @@ pub fn relay_signals(uds: &Path, pid: Option<u32>, tty: Option<RawFd>) {
             }
         };
         if client.is_none() {
-            client = Client::connect(uds).ok();
+            client = address.connect().ok();
         }
         let Some(c) = client.as_mut() else {
             log::warn!("cannot reach the guest to pass on {sig}");

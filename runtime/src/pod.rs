@@ -2,11 +2,15 @@
 //! engines put on Kubernetes pods.
 //!
 //! A pod is one VM: its sandbox (pause) container boots it, and the pod's other
-//! containers are created inside it. Both containerd's CRI plugin and cri-o
+//! containers are created inside it (`create` decides, for the CLI and the
+//! shim alike). Both containerd's CRI plugin and cri-o
 //! (and podman, for its pods) mark each container with its role and its
 //! sandbox's id; anything unmarked is a container of its own, in its own VM.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use crate::state::Container;
 
 /// containerd CRI: `sandbox` or `container`.
 pub const CRI_CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
@@ -104,7 +108,7 @@ impl Role {
     /// Inconsistent annotations are errors rather than a fallback to
     /// [`Role::Standalone`]: running a pod's container in a VM of its own would
     /// silently cut it off from the pod's network and volumes.
-    pub fn from_annotations(annotations: &HashMap<String, String>) -> Result<Role, RoleError> {
+    pub fn from_annotations(annotations: &BTreeMap<String, String>) -> Result<Role, RoleError> {
         let cri = read_dialect(annotations, &CRI)?;
         let crio = read_dialect(annotations, &CRIO)?;
         let (kind, sandbox_id) = match (cri, crio) {
@@ -147,6 +151,34 @@ impl Role {
     }
 }
 
+/// The okvm container (under `root`) that booted pod `sandbox_id`'s VM: the
+/// container of that id (containerd, cri-o), or else the one whose
+/// annotations make it that pod's sandbox (podman's pod ids are not its
+/// infra container's).
+pub fn sandbox_container(root: &Path, sandbox_id: &str) -> anyhow::Result<String> {
+    let is_it = |c: &Container| {
+        c.load().is_ok_and(|s| {
+            matches!(Role::from_annotations(&s.annotations),
+                Ok(Role::PodSandbox { sandbox_id: ref id }) if id == sandbox_id)
+        })
+    };
+    if let Ok(c) = Container::open(root, sandbox_id) {
+        if is_it(&c) {
+            return Ok(c.id);
+        }
+    }
+    crate::state::list(root)?
+        .into_iter()
+        .find(is_it)
+        .map(|c| c.id)
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "pod sandbox {sandbox_id} is not an okvm container under {}: a pod's containers run in the VM its sandbox booted",
+                root.display()
+            )
+        })
+}
+
 /// Kubernetes' name for the pod, from containerd's annotations; for logs and
 /// VM names only, never for deciding anything.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -156,7 +188,7 @@ pub struct PodName {
 }
 
 impl PodName {
-    pub fn from_annotations(annotations: &HashMap<String, String>) -> Option<PodName> {
+    pub fn from_annotations(annotations: &BTreeMap<String, String>) -> Option<PodName> {
         let name = annotations.get(CRI_SANDBOX_NAME)?;
         let namespace = annotations.get(CRI_SANDBOX_NAMESPACE)?;
         Some(PodName {
@@ -168,7 +200,7 @@ impl PodName {
 
 /// One dialect's reading: `None` when it has no container-type annotation.
 fn read_dialect(
-    annotations: &HashMap<String, String>,
+    annotations: &BTreeMap<String, String>,
     dialect: &Dialect,
 ) -> Result<Option<(Kind, String)>, RoleError> {
     let id = annotations
@@ -243,7 +275,7 @@ mod tests {
 
     const POD: &str = "5f0c1a2b3c4d5e6f";
 
-    fn ann(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    fn ann(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
@@ -444,6 +476,50 @@ mod tests {
         for good in ["a", "pod-1.web_x", &"0".repeat(64), &"x".repeat(76)] {
             assert!(validate_id(good).is_ok(), "{good:?} refused");
         }
+    }
+
+    #[test]
+    fn a_pods_sandbox_is_found_by_its_id_or_by_its_annotations() {
+        use crate::state::{State, Status};
+        let root = tempfile::tempdir().unwrap();
+        let save = |id: &str, pairs: &[(&str, &str)]| {
+            let c = Container::create(root.path(), id).unwrap();
+            c.save(&State {
+                oci_version: "1.2.0".into(),
+                id: id.into(),
+                status: Status::Running,
+                pid: None,
+                bundle: "/b".into(),
+                annotations: ann(pairs),
+                created: "t".into(),
+                pod: None,
+            })
+            .unwrap();
+        };
+        // containerd: the sandbox container's id is the sandbox id.
+        save(
+            "sb1",
+            &[(CRI_CONTAINER_TYPE, "sandbox"), (CRI_SANDBOX_ID, "sb1")],
+        );
+        // podman: the pod's id is not its infra container's.
+        save(
+            "infra",
+            &[(CRIO_CONTAINER_TYPE, "sandbox"), (CRIO_SANDBOX_ID, "pod7")],
+        );
+        // A container of pod sb1 is not a sandbox for anyone.
+        save(
+            "pod7",
+            &[(CRI_CONTAINER_TYPE, "container"), (CRI_SANDBOX_ID, "sb1")],
+        );
+        assert_eq!(sandbox_container(root.path(), "sb1").unwrap(), "sb1");
+        assert_eq!(sandbox_container(root.path(), "pod7").unwrap(), "infra");
+        let e = sandbox_container(root.path(), "nope")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("pod sandbox nope is not an okvm container under"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -1,0 +1,93 @@
+//! A pod's container: it runs in the VM its pod's sandbox booted, so its
+//! helper boots nothing. It places the container's rootfs and bind sources
+//! in the pod's share (under `containers/<id>/`, in the sandbox's mount
+//! namespace, where virtiofsd serves them), has okvm-init create the
+//! container there, and then follows its process like the sandbox follows
+//! the pod's first one: stdio, signals, and an exit like the process's.
+//!
+//! The container shares the guest's network (the pod's) and nothing else:
+//! okvm-init gives it its own mount, UTS and pid namespaces.
+
+use std::path::PathBuf;
+
+use anyhow::{anyhow, Context as _};
+
+use super::{check_console, create_in_guest, exit_like, share, wait_end, Args, SHARE, VSOCK};
+use crate::bundle::Bundle;
+use crate::guest::{Address, Client};
+use crate::procs::{Proc, Procs};
+use crate::relay;
+use crate::state::Container;
+
+/// The helper's whole life; never returns.
+pub fn main(args: Args, pod: String) -> ! {
+    crate::internal::started(join(&args, &pod), |m| m.guest_pid).run()
+}
+
+struct Member {
+    client: Client,
+    guest_pid: u32,
+    address: Address,
+    attached: relay::Attached,
+    /// The container's part of the pod's share, dismantled at the end.
+    share: PathBuf,
+}
+
+fn join(args: &Args, pod: &str) -> anyhow::Result<Member> {
+    let bundle = Bundle::load(&args.bundle)?;
+    let part = format!("{}/{}", share::POD_CONTAINERS, args.id);
+    let plan = bundle.plan_in(&args.id, &part)?;
+    check_console(plan.terminal, args.console_socket.as_deref())?;
+    let sandbox = Container::open(&args.root, pod)?;
+    let vm = Procs::load(&sandbox.dir)
+        .sandbox
+        .filter(Proc::alive)
+        .ok_or_else(|| anyhow!("the VM of pod sandbox {pod} is not running"))?;
+    // The sources are taken here, in the engine's namespace, where
+    // containerd mounted the rootfs after the sandbox's namespace was made.
+    let trees = share::take(&plan.entries)?;
+    share::enter_namespace_of(vm.pid)?;
+    let dir = sandbox.dir.join(SHARE).join(&part);
+    let placed = share::place(&dir, trees);
+    let result = placed.map_err(anyhow::Error::from).and_then(|()| {
+        Procs {
+            sandbox: Some(Proc::me()),
+            helpers: Vec::new(),
+        }
+        .save(&args.root.join(&args.id))
+        .context("cannot record the container's helper")?;
+        let address = Address {
+            uds: sandbox.dir.join(VSOCK),
+            container: Some(args.id.clone()),
+        };
+        let pending = relay::prepare(
+            &address.uds,
+            relay::ports_of_this_process(),
+            args.console_socket.as_deref(),
+        )?;
+        let mut client = address.connect()?;
+        let (guest_pid, attached) = create_in_guest(&mut client, plan.container, pending)?;
+        Ok(Member {
+            client,
+            guest_pid,
+            address,
+            attached,
+            share: dir.clone(),
+        })
+    });
+    if result.is_err() {
+        share::dismantle(&dir);
+    }
+    result
+}
+
+impl Member {
+    fn run(self) -> ! {
+        let end = wait_end(self.client, &self.address, None, self.attached);
+        share::dismantle(&self.share);
+        match end {
+            Some((code, signal)) => exit_like(code, signal),
+            None => std::process::exit(255),
+        }
+    }
+}
