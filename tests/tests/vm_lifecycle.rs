@@ -384,6 +384,24 @@ fn a_pods_container_runs_in_the_vm_its_sandbox_booted() {
     let out = sb.run_foreground(&again, &member);
     assert_eq!(out.stdout, "from-the-pod\n", "{out:#?}");
     assert_eq!(sb.state(&pod)["status"], "running");
+    // exec reaches a pod's container in the pod's guest, and a forced delete
+    // of a running one ends its process there and leaves nothing.
+    let third = sb.new_id("third");
+    config["process"]["args"] = json!(["sleep", "1000"]);
+    member.write_config(&config);
+    sb.start_container(&third, &member);
+    let out = sb.invoke(&["exec", &third, "cat", "/proc/sys/kernel/random/boot_id"]);
+    assert_eq!(out.stdout, pod_boot, "{out:#?}");
+    sb.invoke(&["delete", "--force", &third]).assert_success();
+    assert_no_trace(&sb, &third);
+    let out = sb.invoke(&[
+        "exec",
+        &pod,
+        "sh",
+        "-c",
+        "ps -o args | grep -c '^sleep 1000'",
+    ]);
+    assert_eq!(out.stdout.trim(), "0", "{out:#?}");
     // A container naming a pod okvm does not run is refused.
     let stray = sb.new_id("stray");
     config["annotations"]["io.kubernetes.cri.sandbox-id"] = json!("no-such-pod");
