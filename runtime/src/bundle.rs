@@ -22,6 +22,10 @@ pub const MAX_VCPUS: u8 = 8;
 /// Annotations that size the VM, overriding the spec's resources.
 pub const ANNOTATION_VCPUS: &str = "io.okvm.vcpus";
 pub const ANNOTATION_MEM: &str = "io.okvm.memory_mib";
+/// containerd CRI: the pod's resources, on its sandbox's spec.
+pub const CRI_SANDBOX_CPU_QUOTA: &str = "io.kubernetes.cri.sandbox-cpu-quota";
+pub const CRI_SANDBOX_CPU_PERIOD: &str = "io.kubernetes.cri.sandbox-cpu-period";
+pub const CRI_SANDBOX_MEMORY: &str = "io.kubernetes.cri.sandbox-memory";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -247,8 +251,9 @@ fn is_bind(m: &Mount) -> bool {
             .any(|o| o == "bind" || o == "rbind")
 }
 
-/// vCPUs and MiB: annotations first, then `linux.resources` (podman's
-/// `--cpus` becomes a CFS quota, `--memory` a limit), then the defaults.
+/// vCPUs and MiB: okvm's annotations first, then a pod's resources (CRI
+/// annotations), then `linux.resources` (podman's `--cpus` becomes a CFS
+/// quota, `--memory` a limit), then the defaults.
 fn size(
     spec: &Spec,
     annotations: &std::collections::BTreeMap<String, String>,
@@ -264,6 +269,21 @@ fn size(
             })
             .transpose()
     };
+    // containerd's CRI plugin puts the whole pod's resources (what kubelet
+    // summed over its containers) on the sandbox: they size the pod's VM.
+    // Not okvm's to validate: unset or odd values are simply not used.
+    let cri = |key: &str| {
+        annotations
+            .get(key)
+            .and_then(|v| v.trim().parse::<i64>().ok())
+            .filter(|v| *v > 0)
+            .map(|v| v as u64)
+    };
+    let pod_vcpus = match (cri(CRI_SANDBOX_CPU_QUOTA), cri(CRI_SANDBOX_CPU_PERIOD)) {
+        (Some(q), Some(p)) => Some(q.div_ceil(p)),
+        _ => None,
+    };
+    let pod_mem = cri(CRI_SANDBOX_MEMORY).map(|b| b.div_ceil(1 << 20));
     let resources = spec.linux().as_ref().and_then(|l| l.resources().as_ref());
     let cpu = resources.and_then(|r| r.cpu().as_ref());
     let from_quota = cpu.and_then(|c| match (c.quota(), c.period()) {
@@ -272,6 +292,7 @@ fn size(
     });
     let from_cpuset = cpu.and_then(|c| c.cpus().as_deref()).and_then(cpuset_count);
     let vcpus = number(ANNOTATION_VCPUS)?
+        .or(pod_vcpus)
         .or(from_quota)
         .or(from_cpuset)
         .unwrap_or(DEFAULT_VCPUS as u64)
@@ -282,6 +303,7 @@ fn size(
         .filter(|l| *l > 0)
         .map(|l| (l as u64).div_ceil(1 << 20));
     let mem_mib = number(ANNOTATION_MEM)?
+        .or(pod_mem)
         .or(from_limit)
         .unwrap_or(DEFAULT_MEM_MIB)
         .max(MIN_MEM_MIB);
@@ -410,6 +432,19 @@ mod tests {
             r#"{BASE},"annotations":{{"io.okvm.vcpus":"x"}}}}"#
         ));
         assert!(b.unwrap().plan("c").is_err());
+        // A pod's sandbox: the pod's resources, ahead of the pause
+        // container's own; okvm's annotations still win.
+        let (_d, b) = bundle(&format!(
+            r#"{BASE},"annotations":{{"io.kubernetes.cri.sandbox-cpu-quota":"250000","io.kubernetes.cri.sandbox-cpu-period":"100000","io.kubernetes.cri.sandbox-memory":"1073741824"}},
+               "linux":{{"resources":{{"memory":{{"limit":536870912}}}}}}}}"#
+        ));
+        let p = b.unwrap().plan("c").unwrap();
+        assert_eq!((p.vcpus, p.mem_mib), (3, 1024));
+        let (_d, b) = bundle(&format!(
+            r#"{BASE},"annotations":{{"io.kubernetes.cri.sandbox-cpu-quota":"-1","io.kubernetes.cri.sandbox-cpu-period":"100000","io.kubernetes.cri.sandbox-memory":"0","io.okvm.vcpus":"2"}}}}"#
+        ));
+        let p = b.unwrap().plan("c").unwrap();
+        assert_eq!((p.vcpus, p.mem_mib), (2, DEFAULT_MEM_MIB));
         assert_eq!(cpuset_count("0-2,4"), Some(4));
         assert_eq!(cpuset_count("3-1"), None);
     }
