@@ -68,7 +68,7 @@ test-testhost: build
 
 # Suites that boot guests, inside one test host.
 test-e2e: build
-	integration/run-suite smoke vmm guest_container engines podman containerd okvm-tests:conformance okvm-tests:vm_lifecycle okvm-tests:network
+	integration/run-suite smoke vmm guest_container engines podman containerd cri okvm-tests:conformance okvm-tests:vm_lifecycle okvm-tests:network
 
 # Benchmarks: medians and side-by-side ratios measured in one run (docs/performance.md).
 bench: build
