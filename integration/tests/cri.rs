@@ -569,22 +569,22 @@ fn pod(handler: &str) {
 
     // Each container is its own process tree, with its own process as PID 1,
     // and all have the pod's hostname.
-    for (id, own) in [(&server, "server-up"), (&client, "client-up")] {
+    for (name, id) in [("server", &server), ("client", &client)] {
         let r = exec(id, &["cat", "/proc/1/cmdline"]);
         check!(
-            r.exit_code == 0 && r.stdout.contains(own),
-            "PID 1 of {id} is not its own process ({own}): {r:?}"
+            r.exit_code == 0 && r.stdout.contains(&format!("echo {name}-up")),
+            "PID 1 of the {name} is not its own process: {r:?}"
         );
         let r = exec(id, &["hostname"]);
         check!(
             r.stdout.trim() == pod.name,
-            "{id}'s hostname is not the pod's ({}): {r:?}",
+            "the {name}'s hostname is not the pod's ({}): {r:?}",
             pod.name
         );
         let r = exec(id, &["cat", "/etc/hosts"]);
         check!(
             r.stdout.contains(&format!("{ip}\t{}", pod.name)),
-            "{id}'s /etc/hosts is not kubelet's file: {r:?}"
+            "the {name}'s /etc/hosts is not kubelet's file: {r:?}"
         );
     }
 
@@ -650,13 +650,13 @@ fn pod(handler: &str) {
     }
     steps.done("ExecSync checks");
 
-    for id in [&server, &client] {
+    for (name, id) in [("server", &server), ("client", &client)] {
         let st = ok("ContainerStatus", cri.container_status(id))
             .status
             .unwrap_or_default();
         check!(
             st.state == api::ContainerState::ContainerRunning as i32,
-            "{id} is not running: {st:?}"
+            "the {name} is not running: {st:?}"
         );
     }
     // The server's stdout is in its CRI log file, in the pod's log directory.
@@ -679,10 +679,10 @@ fn pod(handler: &str) {
     steps.done("ContainerStatus, log file");
 
     // StopContainer: SIGTERM reaches the process, which exits on its own.
-    for (id, code) in [(&server, 42), (&client, 0)] {
+    for (name, id, code) in [("server", &server, 42), ("client", &client, 0)] {
         let t = Instant::now();
         ok(
-            format!("StopContainer {id}"),
+            format!("StopContainer {name}"),
             cri.stop_container(id, STOP_GRACE),
         );
         let took = t.elapsed();
@@ -691,11 +691,11 @@ fn pod(handler: &str) {
             .unwrap_or_default();
         check!(
             st.state == api::ContainerState::ContainerExited as i32 && st.exit_code == code,
-            "{id} after StopContainer ({took:?}): want EXITED with {code}: {st:?}"
+            "the {name} after StopContainer ({took:?}): want EXITED with {code}: {st:?}"
         );
         check!(
             took < STOP_GRACE,
-            "{id} took {took:?} to stop: SIGTERM did not end it"
+            "the {name} took {took:?} to stop: SIGTERM did not end it"
         );
     }
     let log = std::fs::read_to_string(&server_log).unwrap_or_default();
