@@ -66,9 +66,10 @@ conformance-runc: images
 test-testhost: build
 	$(CARGO) test -p okvm-integration --test testhost -- --include-ignored --test-threads=2
 
-# Suites that boot guests, inside one test host.
+# Suites that boot guests, inside one test host (run-suite stops at the first
+# failing suite: cri, whose okvm pod waits for the shim's pod support, is last).
 test-e2e: build
-	integration/run-suite smoke vmm guest_container engines podman containerd okvm-tests:conformance okvm-tests:vm_lifecycle okvm-tests:network
+	integration/run-suite smoke vmm guest_container engines podman containerd okvm-tests:conformance okvm-tests:vm_lifecycle okvm-tests:network cri
 
 # Benchmarks: medians and side-by-side ratios measured in one run (docs/performance.md).
 bench: build

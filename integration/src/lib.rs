@@ -9,6 +9,7 @@
 //!   hardware virtualization and real guests boot.
 
 pub mod bench;
+pub mod cri;
 pub mod guest;
 
 use std::path::{Path, PathBuf};
