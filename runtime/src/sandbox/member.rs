@@ -5,8 +5,9 @@
 //! container there, and then follows its process like the sandbox follows
 //! the pod's first one: stdio, signals, and an exit like the process's.
 //!
-//! The container shares the guest's network (the pod's) and nothing else:
-//! okvm-init gives it its own mount, UTS and pid namespaces.
+//! The container shares the guest's network and IPC (the pod's): okvm-init
+//! gives it its own mount, UTS and pid namespaces, and it gets the pod's
+//! hostname unless its spec names one.
 
 use std::path::PathBuf;
 
@@ -36,9 +37,18 @@ struct Member {
 fn join(args: &Args, pod: &str) -> anyhow::Result<Member> {
     let bundle = Bundle::load(&args.bundle)?;
     let part = format!("{}/{}", share::POD_CONTAINERS, args.id);
-    let plan = bundle.plan_in(&args.id, &part)?;
+    let mut plan = bundle.plan_in(&args.id, &part)?;
     check_console(plan.terminal, args.console_socket.as_deref())?;
     let sandbox = Container::open(&args.root, pod)?;
+    // The pod's containers share its UTS namespace (their specs name the
+    // sandbox's): in the guest each gets the pod's hostname instead.
+    if plan.container.hostname.is_none() {
+        plan.container.hostname = sandbox
+            .load()
+            .ok()
+            .and_then(|s| Bundle::load(&s.bundle).ok())
+            .and_then(|b| b.spec.hostname().clone());
+    }
     let vm = Procs::load(&sandbox.dir)
         .sandbox
         .filter(Proc::alive)
