@@ -52,7 +52,23 @@ fn containerd_log() -> String {
     let log = std::fs::read_to_string(CONTAINERD_LOG).unwrap_or_default();
     let lines: Vec<&str> = log.lines().collect();
     let tail = lines[lines.len().saturating_sub(25)..].join("\n");
-    format!("\n--- the end of {CONTAINERD_LOG} ---\n{tail}")
+    let mut out = format!("\n--- the end of {CONTAINERD_LOG} ---\n{tail}");
+    // And what okvm's helpers and guests said, for the okvm handler.
+    for dir in std::fs::read_dir(OKVM_STATE)
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        for file in ["sandbox.log", "console.log"] {
+            let text = std::fs::read_to_string(dir.path().join(file)).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            if !lines.is_empty() {
+                let tail = lines[lines.len().saturating_sub(15)..].join("\n");
+                out += &format!("\n--- {}/{file} ---\n{tail}", dir.path().display());
+            }
+        }
+    }
+    out
 }
 
 /// Asserts, adding the end of containerd's log to the message.

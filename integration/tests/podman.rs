@@ -69,10 +69,11 @@ fn wait_for_log(name: &str, what: &str) {
     }
 }
 
-/// Nothing of okvm is left running: no sandbox, no virtiofsd, no state.
+/// Nothing of okvm is left running: no sandbox or other helper, no
+/// virtiofsd, no state.
 fn assert_nothing_left() {
     let out =
-        sh("pgrep -a -f '[o]kvm.* sandbox |[v]irtiofsd' || true; ls /run/okvm 2>/dev/null || true");
+        sh("pgrep -a -f '[o]kvm-internal|[v]irtiofsd' || true; ls /run/okvm 2>/dev/null || true");
     assert_eq!(stdout(&out).trim(), "", "left behind: {out:?}");
 }
 
@@ -385,5 +386,38 @@ fn containers_on_one_podman_network_reach_each_other_and_none_has_only_lo() {
     );
     assert_eq!(stdout(&out), "lo\nlo-up\n", "{out:?}");
     let _ = sh("podman rm -f -t 0 peer; podman network rm -f okvm-net");
+    assert_nothing_left();
+}
+
+#[test]
+#[ignore = "runs inside the test host (make test-e2e)"]
+fn a_podman_pod_is_one_vm_whose_containers_share_localhost() {
+    let _cleanup = setup();
+    let _ = sh("podman pod rm -f -t 0 okvm-pod 2>/dev/null");
+    // The infra container boots the pod's VM; the others join it.
+    let out = sh("podman --runtime okvm pod create --name okvm-pod");
+    assert!(out.status.success(), "{out:?}");
+    let out = sh(&format!(
+        "podman run -d --pod okvm-pod --name pod-server --runtime okvm {IMAGE} sh -c \
+         'while :; do echo from-the-pod | nc -l -p 7000; done'"
+    ));
+    assert!(out.status.success(), "{out:?}");
+    let got = eventually(&format!(
+        "podman run --rm --pod okvm-pod --runtime okvm {IMAGE} sh -c \
+         'cat /proc/sys/kernel/random/boot_id; nc -w 10 127.0.0.1 7000 | grep from-the-pod'"
+    ));
+    let server = sh("podman exec pod-server sh -c 'cat /proc/sys/kernel/random/boot_id; uname -r'");
+    let server = stdout(&server);
+    let (server_boot, kernel) = server.split_once('\n').unwrap_or_default();
+    assert_guest_kernel(kernel.trim());
+    let host_boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+    assert_ne!(server_boot, host_boot.trim());
+    assert_eq!(
+        got,
+        format!("{server_boot}\nfrom-the-pod\n"),
+        "not one guest"
+    );
+    let out = sh("podman pod rm -f -t 0 okvm-pod");
+    assert!(out.status.success(), "{out:?}");
     assert_nothing_left();
 }

@@ -10,7 +10,8 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use crate::state::Container;
+use crate::procs::Procs;
+use crate::state::{Container, Status};
 
 /// containerd CRI: `sandbox` or `container`.
 pub const CRI_CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
@@ -153,9 +154,15 @@ impl Role {
 
 /// The okvm container (under `root`) that booted pod `sandbox_id`'s VM: the
 /// container of that id (containerd, cri-o), or else the one whose
-/// annotations make it that pod's sandbox (podman's pod ids are not its
-/// infra container's).
-pub fn sandbox_container(root: &Path, sandbox_id: &str) -> anyhow::Result<String> {
+/// annotations make it that pod's sandbox, or else (podman, whose pod ids are
+/// not its infra container's, and which does not mark the infra container)
+/// the running VM whose sandbox process is in `netns`, the network namespace
+/// the pod's container is given.
+pub fn sandbox_container(
+    root: &Path,
+    sandbox_id: &str,
+    netns: Option<&Path>,
+) -> anyhow::Result<String> {
     let is_it = |c: &Container| {
         c.load().is_ok_and(|s| {
             matches!(Role::from_annotations(&s.annotations),
@@ -167,16 +174,37 @@ pub fn sandbox_container(root: &Path, sandbox_id: &str) -> anyhow::Result<String
             return Ok(c.id);
         }
     }
-    crate::state::list(root)?
-        .into_iter()
-        .find(is_it)
-        .map(|c| c.id)
+    let all = crate::state::list(root)?;
+    let by_netns = || {
+        let want = namespace_id(netns?)?;
+        all.iter()
+            .find(|c| {
+                let own_vm = c.current().is_ok_and(|s| {
+                    s.pod.is_none() && matches!(s.status, Status::Created | Status::Running)
+                });
+                own_vm
+                    && Procs::load(&c.dir).sandbox.is_some_and(|p| {
+                        namespace_id(Path::new(&format!("/proc/{}/ns/net", p.pid))) == Some(want)
+                    })
+            })
+            .map(|c| c.id.clone())
+    };
+    all.iter()
+        .find(|c| is_it(c))
+        .map(|c| c.id.clone())
+        .or_else(by_netns)
         .ok_or_else(|| {
             anyhow::anyhow!(
                 "pod sandbox {sandbox_id} is not an okvm container under {}: a pod's containers run in the VM its sandbox booted",
                 root.display()
             )
         })
+}
+
+/// A namespace's identity (device and inode of its nsfs file).
+fn namespace_id(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
 /// Kubernetes' name for the pod, from containerd's annotations; for logs and
@@ -511,9 +539,27 @@ mod tests {
             "pod7",
             &[(CRI_CONTAINER_TYPE, "container"), (CRI_SANDBOX_ID, "sb1")],
         );
-        assert_eq!(sandbox_container(root.path(), "sb1").unwrap(), "sb1");
-        assert_eq!(sandbox_container(root.path(), "pod7").unwrap(), "infra");
-        let e = sandbox_container(root.path(), "nope")
+        assert_eq!(sandbox_container(root.path(), "sb1", None).unwrap(), "sb1");
+        assert_eq!(
+            sandbox_container(root.path(), "pod7", None).unwrap(),
+            "infra"
+        );
+        // podman's infra container carries no annotation: its VM is the one
+        // whose sandbox process is in the pod's network namespace (here this
+        // test process, in its own).
+        save("podman-infra", &[]);
+        Procs {
+            sandbox: Some(crate::procs::Proc::me()),
+            helpers: vec![],
+        }
+        .save(&root.path().join("podman-infra"))
+        .unwrap();
+        let mine = Path::new("/proc/self/ns/net");
+        assert_eq!(
+            sandbox_container(root.path(), "podman-pod", Some(mine)).unwrap(),
+            "podman-infra"
+        );
+        let e = sandbox_container(root.path(), "nope", None)
             .unwrap_err()
             .to_string();
         assert!(

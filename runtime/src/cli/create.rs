@@ -45,7 +45,15 @@ pub fn create(ctx: &Context, opts: &Options) -> anyhow::Result<u32> {
     // A pod's container runs in the VM its sandbox booted.
     let pod = match Role::from_annotations(&bundle.annotations())? {
         Role::PodContainer { sandbox_id } => {
-            Some(crate::pod::sandbox_container(&ctx.root, &sandbox_id)?)
+            let netns = match crate::network::Mode::of(&bundle.spec)? {
+                crate::network::Mode::Engine(path) => Some(path),
+                _ => None,
+            };
+            Some(crate::pod::sandbox_container(
+                &ctx.root,
+                &sandbox_id,
+                netns.as_deref(),
+            )?)
         }
         Role::PodSandbox { .. } | Role::Standalone => None,
     };

@@ -9,8 +9,6 @@
 //! gives it its own mount, UTS and pid namespaces, and it gets the pod's
 //! hostname unless its spec names one.
 
-use std::path::PathBuf;
-
 use anyhow::{anyhow, Context as _};
 
 use super::{check_console, create_in_guest, exit_like, share, wait_end, Args, SHARE, VSOCK};
@@ -30,8 +28,6 @@ struct Member {
     guest_pid: u32,
     address: Address,
     attached: relay::Attached,
-    /// The container's part of the pod's share, dismantled at the end.
-    share: PathBuf,
 }
 
 fn join(args: &Args, pod: &str) -> anyhow::Result<Member> {
@@ -82,7 +78,6 @@ fn join(args: &Args, pod: &str) -> anyhow::Result<Member> {
             guest_pid,
             address,
             attached,
-            share: dir.clone(),
         })
     });
     if result.is_err() {
@@ -93,9 +88,11 @@ fn join(args: &Args, pod: &str) -> anyhow::Result<Member> {
 
 impl Member {
     fn run(self) -> ! {
-        let end = wait_end(self.client, &self.address, None, self.attached);
-        share::dismantle(&self.share);
-        match end {
+        // The container's part of the share stays until the pod's VM ends
+        // (with the sandbox's mount namespace): taking it away under a guest
+        // that still caches its inodes crashed the guest kernel (a
+        // use-after-free in iput) when the pod's next container exited.
+        match wait_end(self.client, &self.address, None, self.attached) {
             Some((code, signal)) => exit_like(code, signal),
             None => std::process::exit(255),
         }
