@@ -80,7 +80,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Where a container's guest side is reached: its VM's vsock socket, and its
 /// name in that guest (None: the VM's first container, its own).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Address {
     pub uds: PathBuf,
     pub container: Option<String>,

@@ -57,6 +57,11 @@ impl Proc {
     /// SIGKILL, then wait up to `timeout` for the process to be gone.
     pub fn kill_and_wait(&self, timeout: std::time::Duration) -> bool {
         self.signal(libc::SIGKILL);
+        self.wait_gone(timeout)
+    }
+
+    /// Waits up to `timeout` for the process to be gone; false if it is not.
+    pub fn wait_gone(&self, timeout: std::time::Duration) -> bool {
         let deadline = std::time::Instant::now() + timeout;
         while self.alive() {
             if std::time::Instant::now() > deadline {

@@ -173,9 +173,7 @@ impl Pending {
             tty: self.tty,
         })
     }
-}
 
-impl Pending {
     /// [`Pending::attach`], for the process that relays the streams in its
     /// own session: a terminal's slave becomes its controlling tty, so that
     /// window-size changes reach it as SIGWINCH.

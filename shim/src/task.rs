@@ -166,12 +166,7 @@ fn fifos(stdin: &str, stdout: &str, stderr: &str, terminal: bool) -> Stdio {
 
 /// Unmounts the container's rootfs the shim mounted in the bundle, if any.
 pub fn unmount_rootfs(bundle: &Path) {
-    let rootfs = bundle.join("rootfs");
-    // Lazily: the sandbox's mount namespace may still hold it for a moment.
-    match nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH) {
-        Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
-        Err(e) => log::warn!("cannot unmount {}: {e}", rootfs.display()),
-    }
+    okvm::sandbox::share::detach(&bundle.join("rootfs"));
 }
 
 impl TaskService {

@@ -39,9 +39,8 @@ pub fn delete(ctx: &Context, id: &str, force: bool) -> anyhow::Result<()> {
 }
 
 /// A pod's container that still runs is killed in the guest, and its helper
-/// given the time to notice and take the container's files out of the pod's
-/// share; killing the helper instead would leave the process running in the
-/// pod's VM.
+/// given the time to notice and exit as the container did; killing the
+/// helper instead would leave the process running in the pod's VM.
 fn leave_pod(container: &Container, procs: &Procs) {
     let Ok(state) = container.load() else { return };
     let Some(helper) = procs.sandbox.filter(|p| p.alive()) else {
@@ -55,10 +54,7 @@ fn leave_pod(container: &Container, procs: &Procs) {
         log::debug!("container {}: {e:#}", container.id);
         return;
     }
-    let deadline = std::time::Instant::now() + KILL_TIMEOUT;
-    while helper.alive() && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    helper.wait_gone(KILL_TIMEOUT);
 }
 
 /// Kills every process the container's sandbox recorded (the sandbox, and

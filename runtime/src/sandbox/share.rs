@@ -183,12 +183,18 @@ pub fn assemble(dir: &Path, entries: &[ShareEntry]) -> Result<(), Error> {
     place(dir, take(entries)?)
 }
 
-/// Detaches `dir` and everything below it (lazily: the guest's virtiofsd
-/// may still hold files there for a moment).
-pub fn dismantle(dir: &Path) {
-    match umount2(dir, MntFlags::MNT_DETACH) {
+/// Unmounts `path` and everything below it, lazily (a process may still
+/// hold files there for a moment); a path that is not mounted, or does not
+/// exist, is fine.
+pub fn detach(path: &Path) {
+    match umount2(path, MntFlags::MNT_DETACH) {
         Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
-        Err(e) => log::warn!("cannot unmount {}: {e}", dir.display()),
+        Err(e) => log::warn!("cannot unmount {}: {e}", path.display()),
     }
+}
+
+/// [`detach`]es `dir` and removes the directory.
+pub fn dismantle(dir: &Path) {
+    detach(dir);
     let _ = std::fs::remove_dir(dir);
 }
