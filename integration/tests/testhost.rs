@@ -26,6 +26,29 @@ fn exit_status_and_streams_come_back() {
     assert_eq!(cmd_stderr, "to-stderr\n", "{out:?}");
 }
 
+/// Twenty test hosts booted one after the other: each runs CMD on its first boot
+/// (the harness reports any retry it needed as a "testhost: retry:" line) and has
+/// the two CPUs the harness gives it by default.
+#[test]
+#[ignore = "boots the emulated test host; run by `make test`"]
+fn twenty_boots_in_a_row_need_no_retry() {
+    let mut failures = Vec::new();
+    for i in 1..=20 {
+        let out = testhost(&["--timeout", "300", "--", "nproc"]);
+        let stderr = text(&out.stderr);
+        let retried = stderr.lines().any(|l| l.starts_with("testhost: retry:"));
+        if retried || !out.status.success() || text(&out.stdout) != "2\n" {
+            failures.push(format!("boot {i}: {out:?}"));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of 20 boots failed or needed a retry:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
 #[test]
 #[ignore = "boots the emulated test host; run by `make test`"]
 fn kvm_inside_is_hardware_speed() {
