@@ -29,10 +29,11 @@ setup:
 
 build: setup rust initramfs kernel testhost-kernel images
 
-# What okvm ships: the runtime and the shim (the benchmark programs are built by
-# `make bench`, which alone needs them and their CRI/gRPC dependencies).
+# What okvm ships: the runtime, the shim and okvm-init (whose dynamic build the
+# CLI tests run outside a guest). The benchmark programs are built by `make
+# bench`, which alone needs them and their CRI/gRPC dependencies.
 rust:
-	$(CARGO) build --release -p okvm -p containerd-shim-okvm-v2 --bins
+	$(CARGO) build --release -p okvm -p containerd-shim-okvm-v2 -p okvm-init --bins
 
 # okvm-init must be static (there is no musl target here): glibc with crt-static,
 # built for an explicit target so build scripts stay dynamic.
