@@ -106,7 +106,7 @@ tier-test-testhost:
 # Suites that boot guests, in two test hosts side by side (split so that the two
 # take about as long; run-suite stops at the first failing suite of its lane).
 E2E_A := smoke vmm guest_container podman containerd
-E2E_B := engines okvm-tests:conformance okvm-tests:vm_lifecycle okvm-tests:network cri
+E2E_B := engines okvm-tests:conformance okvm-tests:vm_lifecycle okvm-tests:network cri hostile_guest
 tier-e2e-a:
 	integration/run-suite $(E2E_A)
 tier-e2e-b:

@@ -11,6 +11,7 @@
 pub mod bench;
 pub mod cri;
 pub mod guest;
+pub mod podman;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
