@@ -11,6 +11,7 @@
 pub mod bench;
 pub mod cri;
 pub mod guest;
+pub mod hostile;
 pub mod podman;
 
 use std::path::{Path, PathBuf};

@@ -205,15 +205,22 @@ fn write_entry<W: Write>(
 /// The initramfs okvm boots: okvm-init as `/init`, and the few nodes the kernel
 /// and init need before devtmpfs is mounted.
 pub fn okvm_initramfs(init: Vec<u8>) -> Result<Vec<u8>, Error> {
+    let mut b = with_boot_nodes()?;
+    b.file("init", 0o755, init)?;
+    Ok(b.to_bytes())
+}
+
+/// An initramfs holding only the nodes the kernel and an init need before
+/// devtmpfs is mounted (`/dev/console` and the usual mount points).
+pub fn with_boot_nodes() -> Result<Builder, Error> {
     let mut b = Builder::new();
     b.dir("dev", 0o755)?
         .char_device("dev/console", 0o600, 5, 1)?
         .dir("proc", 0o555)?
         .dir("sys", 0o555)?
         .dir("run", 0o755)?
-        .dir("tmp", 0o1777)?
-        .file("init", 0o755, init)?;
-    Ok(b.to_bytes())
+        .dir("tmp", 0o1777)?;
+    Ok(b)
 }
 
 #[cfg(test)]

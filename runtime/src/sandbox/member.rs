@@ -53,9 +53,9 @@ fn join(args: &Args, pod: &str) -> anyhow::Result<Member> {
     // containerd mounted the rootfs after the sandbox's namespace was made.
     let trees = share::take(&plan.entries)?;
     share::enter_namespace_of(vm.pid)?;
-    let dir = sandbox.dir.join(SHARE).join(&part);
-    let placed = share::place(&dir, trees);
-    let result = placed.map_err(anyhow::Error::from).and_then(|()| {
+    let share = sandbox.dir.join(SHARE);
+    share::add_part(&share, &args.id, trees)?;
+    let result = (|| {
         Procs {
             sandbox: Some(Proc::me()),
             helpers: Vec::new(),
@@ -79,9 +79,9 @@ fn join(args: &Args, pod: &str) -> anyhow::Result<Member> {
             address,
             attached,
         })
-    });
+    })();
     if result.is_err() {
-        share::dismantle(&dir);
+        share::remove_part(&share, &args.id);
     }
     result
 }

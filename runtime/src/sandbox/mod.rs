@@ -167,7 +167,7 @@ fn prepare(args: &Args) -> anyhow::Result<Running> {
     }
     share::private_namespace()?;
     let share = dir.join(SHARE);
-    share::assemble(&share, &plan.entries)?;
+    share::assemble(&share, share::take(&plan.entries)?)?;
     let virtiofsd = Virtiofsd::start(
         &fsd_bin,
         &share,
