@@ -5,6 +5,7 @@
 //! guest kernel hands it) and send whatever it likes over every channel.
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use crate::repo_root;
 
@@ -38,4 +39,22 @@ pub fn initramfs(attack: &str, out: &Path) {
         .file("init", 0o755, init.as_bytes().to_vec())
         .unwrap();
     std::fs::write(out, b.to_bytes()).unwrap();
+}
+
+/// Waits until the guest console `console` (a state dir's console.log, where
+/// the attacker reports) shows `what`; returns all of it.
+pub fn wait_for_console(console: &Path, what: &str, limit: Duration) -> String {
+    let deadline = Instant::now() + limit;
+    loop {
+        let text =
+            String::from_utf8_lossy(&std::fs::read(console).unwrap_or_default()).into_owned();
+        if text.contains(what) {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what:?} never on the console: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }

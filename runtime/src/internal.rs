@@ -125,13 +125,16 @@ pub fn spawn(
             .stderr(stderr.try_clone_to_owned()?);
     }
     let raw = write.as_raw_fd();
-    // SAFETY: dup2 is async-signal-safe; the new fd 3 loses O_CLOEXEC, so
-    // the helper inherits exactly that one end of the pipe.
+    // SAFETY: dup2 and umask are async-signal-safe; the new fd 3 loses
+    // O_CLOEXEC, so the helper inherits exactly that one end of the pipe.
     unsafe {
         cmd.pre_exec(move || {
             if libc::dup2(raw, sandbox::SYNC_FD) < 0 {
                 return Err(std::io::Error::last_os_error());
             }
+            // What the helpers and their virtiofsd make in the state dir
+            // (sockets, console.log, logs) is root's alone, as runc keeps it.
+            libc::umask(0o077);
             Ok(())
         });
     }

@@ -154,6 +154,27 @@ pub fn validate_id(id: &str) -> Result<(), Error> {
     }
 }
 
+/// Makes the runtime root (and its parents) if missing. It and every
+/// container's directory are root's alone, as runc keeps its root: the
+/// sockets in there drive the VM, and console.log holds what the guest printed.
+pub fn create_root(root: &Path) -> Result<(), Error> {
+    private_dir()
+        .recursive(true)
+        .create(root)
+        .map_err(|err| Error::Io {
+            what: "cannot create the state root",
+            path: root.into(),
+            err,
+        })
+}
+
+fn private_dir() -> std::fs::DirBuilder {
+    use std::os::unix::fs::DirBuilderExt;
+    let mut b = std::fs::DirBuilder::new();
+    b.mode(0o700);
+    b
+}
+
 /// One container's directory under the runtime root.
 #[derive(Debug, Clone)]
 pub struct Container {
@@ -165,13 +186,9 @@ impl Container {
     /// Claims `<root>/<id>/` for a new container; fails if the id is taken.
     pub fn create(root: &Path, id: &str) -> Result<Self, Error> {
         validate_id(id)?;
-        std::fs::create_dir_all(root).map_err(|err| Error::Io {
-            what: "cannot create the state root",
-            path: root.into(),
-            err,
-        })?;
+        create_root(root)?;
         let dir = root.join(id);
-        match std::fs::create_dir(&dir) {
+        match private_dir().create(&dir) {
             Ok(()) => Ok(Container { id: id.into(), dir }),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                 Err(Error::Exists(id.into()))

@@ -176,7 +176,9 @@ impl TaskService {
         exit: Arc<ExitSignal>,
         publisher: RemotePublisher,
     ) -> TaskService {
-        let _ = std::fs::create_dir_all(&ctx.root);
+        if let Err(e) = okvm::state::create_root(&ctx.root) {
+            log::warn!("{e}");
+        }
         let service = TaskService {
             ctx,
             namespace,

@@ -78,6 +78,7 @@ while :; do
       try ln -s {DECOY}/etc/shadow "$d/mounts/x"
       try touch "$d/new-file"
       try rm -rf "$d/mounts"
+      say "part-done: $d"
     ;; esac
     rm -rf "$d/mounts" 2>/dev/null && ln -s {DECOY}/etc/shadow "$d/mounts" 2>/dev/null && say "planted: $d/mounts"
   done
@@ -104,21 +105,6 @@ fn in_pod(b: &Bundle, kind: &str, pod: &str, mounts: &[Value]) {
     let list = config["mounts"].as_array_mut().unwrap();
     list.extend(mounts.iter().cloned());
     b.write_config(&config);
-}
-
-fn wait_for_console(console: &Path, what: &str) -> String {
-    let deadline = std::time::Instant::now() + LIMIT;
-    loop {
-        let text = std::fs::read_to_string(console).unwrap_or_default();
-        if text.contains(what) {
-            return text;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{what:?} never on the console: {text}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 #[test]
@@ -149,7 +135,7 @@ fn symlinks_a_guest_plants_in_the_pod_share_are_never_followed_by_the_host() {
     run_to_files(&mut create, &sb.work_file("create-pod"), LIMIT).assert_success();
     sb.invoke(&["start", &pod]).assert_success();
     let console = sb.root().join(&pod).join("console.log");
-    wait_for_console(&console, "hostile: ready");
+    hostile::wait_for_console(&console, "hostile: ready", LIMIT);
 
     // Containers with a directory and a file volume join the pod while the
     // attacker races each part as it appears.
@@ -184,7 +170,7 @@ fn symlinks_a_guest_plants_in_the_pod_share_are_never_followed_by_the_host() {
         assert!(!sb.root().join(&id).exists(), "state of {id} left");
     }
 
-    let log = wait_for_console(&console, "part: ");
+    let log = hostile::wait_for_console(&console, "part-done: ", LIMIT);
     let hostile: Vec<&str> = log.lines().filter(|l| l.contains("hostile: ")).collect();
     // The attacker really had the share's root: it saw the parts appear.
     assert!(
