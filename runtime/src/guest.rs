@@ -466,8 +466,10 @@ mod tests {
     use super::*;
     use okvm_protocol::Decoder;
 
-    /// A guest that reads whatever the host sends and answers nothing.
-    fn mute_guest() -> (tempfile::TempDir, PathBuf, std::thread::JoinHandle<()>) {
+    /// A VM whose guest accepts one connection and then does `guest` with it.
+    fn vm(
+        guest: impl FnOnce(UnixStream) + Send + 'static,
+    ) -> (tempfile::TempDir, PathBuf, std::thread::JoinHandle<()>) {
         let dir = tempfile::tempdir().unwrap();
         let uds = dir.path().join("vsock");
         let listener = UnixListener::bind(&uds).unwrap();
@@ -475,13 +477,20 @@ mod tests {
             let Ok((mut s, _)) = listener.accept() else {
                 return;
             };
-            let mut line = [0u8; 13];
-            let _ = s.read_exact(&mut line);
-            let _ = s.write_all(b"OK 1\n");
-            let mut sink = Vec::new();
-            let _ = s.read_to_end(&mut sink);
+            let mut line = [0u8; b"CONNECT 1024\n".len()];
+            if s.read_exact(&mut line).is_ok() && s.write_all(b"OK 1\n").is_ok() {
+                guest(s);
+            }
         });
         (dir, uds, t)
+    }
+
+    /// A guest that reads whatever the host sends and answers nothing.
+    fn mute_guest() -> (tempfile::TempDir, PathBuf, std::thread::JoinHandle<()>) {
+        vm(|mut s| {
+            let mut sink = Vec::new();
+            let _ = s.read_to_end(&mut sink);
+        })
     }
 
     #[test]
@@ -552,14 +561,7 @@ mod tests {
 
     #[test]
     fn a_guest_that_trickles_its_answer_runs_into_the_deadline() {
-        let dir = tempfile::tempdir().unwrap();
-        let uds = dir.path().join("vsock");
-        let listener = UnixListener::bind(&uds).unwrap();
-        let guest = std::thread::spawn(move || {
-            let (mut s, _) = listener.accept().unwrap();
-            let mut line = [0u8; 13];
-            s.read_exact(&mut line).unwrap();
-            s.write_all(b"OK 1\n").unwrap();
+        let (_dir, uds, guest) = vm(|mut s| {
             let mut d = Decoder::new();
             let mut buf = [0u8; 512];
             let req = loop {

@@ -115,6 +115,7 @@ fn serve(conn: File) {
     let mut reader = FrameReader::new(conn);
     while let Ok(req) = reader.read::<Request>(Kind::Request) {
         let which = req.container.as_deref().unwrap_or("-");
+        let start = matches!(req.body, RequestBody::Start);
         let answer = answer(req.container.as_deref(), req.body);
         eprintln!(
             "okvm-hostile-init: request {} for {which}: {}",
@@ -130,7 +131,28 @@ fn serve(conn: File) {
             if write_message(&mut writer, Kind::Response, &resp).is_err() {
                 return;
             }
+            // Only now may the process "end": `okvm start` must have its
+            // answer before the sandbox hears of the end and exits.
+            if start {
+                started(req.container.as_deref());
+            }
         }
+    }
+}
+
+fn started(which: Option<&str>) {
+    let mut all = containers();
+    if let Some(i) = position(&all, which) {
+        all[i].started = true;
+        STARTED.notify_all();
+    }
+}
+
+/// The container a request is about (the first one when it names none).
+fn position(all: &[Container], which: Option<&str>) -> Option<usize> {
+    match which {
+        None => (!all.is_empty()).then_some(0),
+        Some(id) => all.iter().position(|c| c.id == id),
     }
 }
 
@@ -158,10 +180,7 @@ fn answer(which: Option<&str>, body: RequestBody) -> Option<ResponseBody> {
         _ => {}
     }
     let mut all = containers();
-    let Some(i) = (match which {
-        None => (!all.is_empty()).then_some(0),
-        Some(id) => all.iter().position(|c| c.id == id),
-    }) else {
+    let Some(i) = position(&all, which) else {
         return error("no such container");
     };
     let script = all[i].script;
@@ -169,11 +188,8 @@ fn answer(which: Option<&str>, body: RequestBody) -> Option<ResponseBody> {
         return None;
     }
     match body {
-        RequestBody::Start => {
-            all[i].started = true;
-            STARTED.notify_all();
-            Some(ResponseBody::Done)
-        }
+        // Marked started once the answer is out (`serve`).
+        RequestBody::Start => Some(ResponseBody::Done),
         RequestBody::Wait { pid: None } => {
             let Script::Exit { code, signal } = script else {
                 return None;
