@@ -14,7 +14,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use okvm::guest::Op;
-use okvm_integration::{repo_root, require_testhost};
+use okvm_integration::{hostile, require_testhost};
 use okvm_tests::oci::{
     assert_network_released, assert_no_trace, okvm_network_record, run_piped, state_pid,
     HostProcess, Output, Sandbox, COMMAND_TIMEOUT, STATE_TIMEOUT,
@@ -29,17 +29,11 @@ const SLACK: Duration = Duration::from_secs(20);
 fn hostile_sandbox() -> Sandbox {
     require_testhost();
     let sb = Sandbox::new();
-    let init = repo_root().join("target/x86_64-unknown-linux-gnu/release/okvm-hostile-init");
-    assert!(
-        init.is_file(),
-        "{} is missing: `make build` builds it",
-        init.display()
-    );
     let initrd = sb.work_file("hostile-initrd.img");
     let mut pack = Command::new(sb.runtime());
     pack.arg("initramfs")
         .arg("--init")
-        .arg(&init)
+        .arg(hostile::lying_init())
         .arg("-o")
         .arg(&initrd);
     run_piped(&mut pack, COMMAND_TIMEOUT).assert_success();
