@@ -61,7 +61,7 @@ impl BootedGuest {
             .expect("target/release/okvm (make builds it)");
         ready.set_nonblocking(true).unwrap();
         let deadline = Instant::now() + limit;
-        let (client, event) = loop {
+        let (mut client, event) = loop {
             match ready.accept() {
                 Ok((s, _)) => break Client::announced(s).expect("okvm-init's announcement"),
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
@@ -80,7 +80,7 @@ impl BootedGuest {
             );
             std::thread::sleep(Duration::from_millis(5));
         };
-        client.set_timeout(Some(limit)).unwrap();
+        client.set_timeout(Some(limit));
         BootedGuest {
             child,
             uds,

@@ -9,9 +9,28 @@ use std::time::{Duration, Instant};
 
 use crate::repo_root;
 
+/// A static guest binary `make` builds (for the explicit host target).
+fn guest_binary(name: &str) -> PathBuf {
+    repo_root()
+        .join("target/x86_64-unknown-linux-gnu/release")
+        .join(name)
+}
+
 /// The static okvm-init `make` builds for the guest.
 pub fn okvm_init() -> PathBuf {
-    repo_root().join("target/x86_64-unknown-linux-gnu/release/okvm-init")
+    guest_binary("okvm-init")
+}
+
+/// okvm-hostile-init (integration/hostile-init), built beside okvm-init: a
+/// guest's PID 1 that speaks okvm-init's protocol and breaks its promises.
+pub fn lying_init() -> PathBuf {
+    let path = guest_binary("okvm-hostile-init");
+    assert!(
+        path.is_file(),
+        "{} is missing: `make build` builds it",
+        path.display()
+    );
+    path
 }
 
 /// Writes to `out` an initramfs whose `/init` starts `attack` (a busybox

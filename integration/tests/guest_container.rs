@@ -252,7 +252,7 @@ fn a_container_runs_in_its_own_root_and_its_exit_code_comes_back() {
     assert_eq!(g.pids(), [pid], "created: only the prepared process");
     // Several Waits may be pending, on other connections too.
     let mut other = okvm::guest::Client::connect(&g.booted.uds).unwrap();
-    other.set_timeout(Some(LIMIT)).unwrap();
+    other.set_timeout(Some(LIMIT));
     let early_wait = std::thread::spawn(move || other.request(RequestBody::Wait { pid: None }));
     g.done(RequestBody::Start);
     assert_eq!(g.wait(None), (Some(7), None));
@@ -419,10 +419,10 @@ fn one_guest_holds_several_containers_each_addressed_by_its_id() {
         other => panic!("{other:?}"),
     }
     let connect = |id: &str| {
-        let c = okvm::guest::Client::connect(&g.booted.uds)
+        let mut c = okvm::guest::Client::connect(&g.booted.uds)
             .unwrap()
             .for_container(id);
-        c.set_timeout(Some(LIMIT)).unwrap();
+        c.set_timeout(Some(LIMIT));
         c
     };
     let mut unknown = connect("c9");

@@ -320,6 +320,12 @@ impl<R: std::io::Read> FrameReader<R> {
         }
     }
 
+    /// The stream frames are read from (to bound how long the next read may
+    /// take, say); bytes it already handed over stay buffered here.
+    pub fn get_mut(&mut self) -> &mut R {
+        &mut self.inner
+    }
+
     /// The next frame; `ReadError::Closed` at a clean end of stream.
     pub fn next_frame(&mut self) -> Result<Frame, ReadError> {
         let mut buf = [0u8; 16 * 1024];

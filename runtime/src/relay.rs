@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use okvm_protocol::Stdio;
 
-use crate::guest::host_port_path;
+use crate::guest::{host_port_path, Deadline, Op, TimedOut};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -30,8 +30,12 @@ pub enum Error {
         path: PathBuf,
         err: io::Error,
     },
-    #[error("the guest did not open its {0} stream")]
-    NoStream(&'static str),
+    #[error(transparent)]
+    NoStream(TimedOut),
+    #[error("the guest's {what} stream: {err}")]
+    Stream { what: &'static str, err: io::Error },
+    #[error("no free host vsock ports for a process's streams beside {}: all {FREE_SETS} sets are taken", .uds.display())]
+    NoFreePorts { uds: PathBuf },
     #[error("cannot make a pty: {0}")]
     Pty(nix::Error),
     #[error("console socket {path}: {err}")]
@@ -55,12 +59,53 @@ impl Role {
             Role::Tty => "terminal",
         }
     }
+
+    /// Its port in a set of [`PORTS_PER_SET`].
+    fn offset(self) -> u32 {
+        match self {
+            Role::Stdin => 0,
+            Role::Stdout => 1,
+            Role::Stderr => 2,
+            Role::Tty => 3,
+        }
+    }
+}
+
+/// Which host vsock ports a process's streams use: a set of
+/// [`PORTS_PER_SET`] from `base`, one per [`Role`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ports {
+    /// The set at this base (the sandbox's own process: its state directory
+    /// is new, nothing else listens there yet).
+    At(u32),
+    /// A free set among [`FREE_SETS`] from port [`FIRST_FREE_PORT`]: exec
+    /// proxies and a pod's containers share their VM's ports, and each
+    /// claims a set of its own.
+    Free,
+}
+
+pub const PORTS_PER_SET: u32 = 4;
+pub const FIRST_FREE_PORT: u32 = 20_000;
+pub const FREE_SETS: u32 = 10_000;
+
+/// A listening socket on a path this process created, removed again when
+/// dropped (after the guest's stream came, or when start-up failed).
+struct Listening {
+    role: Role,
+    listener: UnixListener,
+    path: PathBuf,
+}
+
+impl Drop for Listening {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
 }
 
 /// Listeners waiting for the guest's streams, and the stdio to ask it for.
 pub struct Pending {
     pub stdio: Stdio,
-    listeners: Vec<(Role, UnixListener, PathBuf)>,
+    listeners: Vec<Listening>,
     tty: Option<OwnedFd>,
 }
 
@@ -85,21 +130,64 @@ fn is_dev_null(fd: RawFd) -> bool {
     m.file_type().is_char_device() && m.rdev() == null.rdev()
 }
 
-fn listen(uds: &Path, port: u32, role: Role) -> Result<(Role, UnixListener, PathBuf), Error> {
+/// Binds the socket for `role` at `port`. Binding creates the path and fails
+/// when anything is there: whatever is, maybe another process's live
+/// listener, is never removed.
+fn listen(uds: &Path, port: u32, role: Role) -> Result<Listening, Error> {
     let path = host_port_path(uds, port);
-    let _ = std::fs::remove_file(&path);
-    let l = UnixListener::bind(&path).map_err(|err| Error::Listen {
+    let listener = UnixListener::bind(&path).map_err(|err| Error::Listen {
         what: role.name(),
         path: path.clone(),
         err,
     })?;
-    Ok((role, l, path))
+    Ok(Listening {
+        role,
+        listener,
+        path,
+    })
 }
 
-/// Prepares the streams of one process. Ports `base..base+3` are used; with
+/// Listens for every role in the set at `base`; none of it stays on failure.
+fn listen_set(uds: &Path, base: u32, roles: &[Role]) -> Result<Vec<Listening>, Error> {
+    roles
+        .iter()
+        .map(|&role| listen(uds, base + role.offset(), role))
+        .collect()
+}
+
+/// Claims a set of ports for `roles`: the one `ports` names, or the first
+/// free one from set `hint` on. A set taken by a live process, or left by
+/// one that crashed, is skipped; as each port is created exclusively, two
+/// processes can never hold the same one.
+fn claim(
+    uds: &Path,
+    ports: Ports,
+    roles: &[Role],
+    hint: u32,
+) -> Result<(u32, Vec<Listening>), Error> {
+    let base = match ports {
+        Ports::At(base) => return Ok((base, listen_set(uds, base, roles)?)),
+        Ports::Free => {
+            |i: u32| FIRST_FREE_PORT + (hint.wrapping_add(i) % FREE_SETS) * PORTS_PER_SET
+        }
+    };
+    for i in 0..FREE_SETS {
+        match listen_set(uds, base(i), roles) {
+            Ok(l) => return Ok((base(i), l)),
+            Err(Error::Listen { err, .. }) if err.kind() == io::ErrorKind::AddrInUse => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Err(Error::NoFreePorts { uds: uds.into() })
+}
+
+/// Prepares the streams of one process on the host `ports`; with
 /// `console_socket`, the pty master is sent there before this returns.
-pub fn prepare(uds: &Path, base: u32, console_socket: Option<&Path>) -> Result<Pending, Error> {
+pub fn prepare(uds: &Path, ports: Ports, console_socket: Option<&Path>) -> Result<Pending, Error> {
+    // Concurrent processes start their search at different sets.
+    let hint = std::process::id();
     if let Some(sock) = console_socket {
+        let (base, listeners) = claim(uds, ports, &[Role::Tty], hint)?;
         let (master, slave) = open_pty()?;
         send_master(sock, &master).map_err(|err| Error::ConsoleSocket {
             path: sock.into(),
@@ -107,32 +195,29 @@ pub fn prepare(uds: &Path, base: u32, console_socket: Option<&Path>) -> Result<P
         })?;
         drop(master);
         let ws = winsize(slave.as_raw_fd()).unwrap_or((24, 80));
-        let l = listen(uds, base + 3, Role::Tty)?;
         return Ok(Pending {
             stdio: Stdio::Terminal {
-                port: base + 3,
+                port: base + Role::Tty.offset(),
                 rows: ws.0,
                 cols: ws.1,
             },
-            listeners: vec![l],
+            listeners,
             tty: Some(slave),
         });
     }
-    let mut listeners = Vec::new();
-    let mut port = |fd: RawFd, role: Role, offset: u32| -> Result<Option<u32>, Error> {
-        if is_dev_null(fd) {
-            return Ok(None);
-        }
-        listeners.push(listen(uds, base + offset, role)?);
-        Ok(Some(base + offset))
-    };
-    let stdio = Stdio::Streams {
-        stdin: port(0, Role::Stdin, 0)?,
-        stdout: port(1, Role::Stdout, 1)?,
-        stderr: port(2, Role::Stderr, 2)?,
-    };
+    let roles: Vec<Role> = [(0, Role::Stdin), (1, Role::Stdout), (2, Role::Stderr)]
+        .into_iter()
+        .filter(|&(fd, _)| !is_dev_null(fd))
+        .map(|(_, role)| role)
+        .collect();
+    let (base, listeners) = claim(uds, ports, &roles, hint)?;
+    let port = |role: Role| roles.contains(&role).then(|| base + role.offset());
     Ok(Pending {
-        stdio,
+        stdio: Stdio::Streams {
+            stdin: port(Role::Stdin),
+            stdout: port(Role::Stdout),
+            stderr: port(Role::Stderr),
+        },
         listeners,
         tty: None,
     })
@@ -140,18 +225,19 @@ pub fn prepare(uds: &Path, base: u32, console_socket: Option<&Path>) -> Result<P
 
 impl Pending {
     /// Accepts the guest's streams (it opened them while preparing the
-    /// process) and starts copying.
-    pub fn attach(self, timeout: Duration) -> Result<Attached, Error> {
+    /// process, so they are all due within one deadline) and starts copying.
+    pub fn attach(self) -> Result<Attached, Error> {
         let mut outputs = Vec::new();
         let tty_fd = self.tty.as_ref().map(|t| t.as_raw_fd());
-        for (role, listener, path) in self.listeners {
-            let deadline = Instant::now() + timeout;
-            let stream = accept_while(&listener, || Instant::now() < deadline)
+        let deadline = Deadline::start(Op::Streams, None);
+        for listening in self.listeners {
+            let role = listening.role;
+            let stream = accept_while(&listening.listener, || !deadline.is_over())
                 .ok()
                 .flatten()
-                .ok_or(Error::NoStream(role.name()));
-            let _ = std::fs::remove_file(&path);
-            let stream = stream?;
+                .ok_or(Error::NoStream(deadline.timed_out()))?;
+            // The port is free for another process again.
+            drop(listening);
             match role {
                 Role::Stdin => {
                     spawn_copy(stdio_file(0), stream, true);
@@ -159,10 +245,11 @@ impl Pending {
                 Role::Stdout => outputs.push(spawn_copy(stream, stdio_file(1), false)),
                 Role::Stderr => outputs.push(spawn_copy(stream, stdio_file(2), false)),
                 Role::Tty => {
-                    let fd = tty_fd.expect("a terminal stream comes with a pty");
-                    let writer = stream
-                        .try_clone()
-                        .map_err(|_| Error::NoStream("terminal"))?;
+                    let Some(fd) = tty_fd else { continue };
+                    let writer = stream.try_clone().map_err(|err| Error::Stream {
+                        what: role.name(),
+                        err,
+                    })?;
                     spawn_copy(borrowed_file(fd), writer, true);
                     outputs.push(spawn_copy(stream, borrowed_file(fd), false));
                 }
@@ -177,8 +264,8 @@ impl Pending {
     /// [`Pending::attach`], for the process that relays the streams in its
     /// own session: a terminal's slave becomes its controlling tty, so that
     /// window-size changes reach it as SIGWINCH.
-    pub fn attach_session(self, timeout: Duration) -> Result<Attached, Error> {
-        let attached = self.attach(timeout)?;
+    pub fn attach_session(self) -> Result<Attached, Error> {
+        let attached = self.attach()?;
         if let Some(tty) = attached.tty() {
             if let Err(e) = take_controlling_tty(tty) {
                 log::warn!("terminal size changes will not reach the process: {e}");
@@ -186,13 +273,6 @@ impl Pending {
         }
         Ok(attached)
     }
-}
-
-/// The first of four host vsock ports for the streams of a process this
-/// process relays: distinct per live relaying process, as pids are, so that
-/// exec proxies and a pod's containers share a VM's port space.
-pub fn ports_of_this_process() -> u32 {
-    20_000 + (std::process::id() % 10_000) * 4
 }
 
 impl Attached {
@@ -405,4 +485,122 @@ pub fn winsize(fd: RawFd) -> Option<(u16, u16)> {
     // SAFETY: TIOCGWINSZ writes one struct winsize, which `ws` is.
     let r = unsafe { libc::ioctl(fd, libc::TIOCGWINSZ, &mut ws) };
     (r == 0 && ws.ws_row > 0).then_some((ws.ws_row, ws.ws_col))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ALL: [Role; 3] = [Role::Stdin, Role::Stdout, Role::Stderr];
+
+    fn ports_of(l: &[Listening]) -> Vec<PathBuf> {
+        l.iter().map(|l| l.path.clone()).collect()
+    }
+
+    #[test]
+    fn two_processes_with_the_same_hint_get_different_ports() {
+        // Two exec proxies whose pids are equal modulo the number of sets:
+        // the same starting point.
+        let dir = tempfile::tempdir().unwrap();
+        let uds = dir.path().join("vsock");
+        let (a, first) = claim(&uds, Ports::Free, &ALL, 7).unwrap();
+        let (b, second) = claim(&uds, Ports::Free, &ALL, 7).unwrap();
+        assert_eq!(a, FIRST_FREE_PORT + 7 * PORTS_PER_SET);
+        assert_eq!(b, a + PORTS_PER_SET);
+        for p in ports_of(&first) {
+            assert!(!ports_of(&second).contains(&p));
+        }
+    }
+
+    #[test]
+    fn a_live_listener_is_never_taken_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let uds = dir.path().join("vsock");
+        let base = FIRST_FREE_PORT + 3 * PORTS_PER_SET;
+        let theirs = UnixListener::bind(host_port_path(&uds, base + 1)).unwrap();
+        let (got, mine) = claim(&uds, Ports::Free, &ALL, 3).unwrap();
+        assert_ne!(got, base);
+        // Theirs still answers at its path, and the port we passed over
+        // (`base`, bound and given back) is gone again.
+        UnixStream::connect(host_port_path(&uds, base + 1)).unwrap();
+        theirs.set_nonblocking(true).unwrap();
+        assert!(theirs.accept().is_ok());
+        assert!(!host_port_path(&uds, base).exists());
+        drop(mine);
+        assert!(host_port_path(&uds, base + 1).exists());
+    }
+
+    #[test]
+    fn a_crashed_processs_socket_is_skipped_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let uds = dir.path().join("vsock");
+        let stale = host_port_path(&uds, FIRST_FREE_PORT + 2);
+        // Its listener is gone (the process was killed); the file stays.
+        drop(UnixListener::bind(&stale).unwrap());
+        let (got, _mine) = claim(&uds, Ports::Free, &ALL, 0).unwrap();
+        assert_eq!(got, FIRST_FREE_PORT + PORTS_PER_SET);
+        assert!(stale.exists());
+    }
+
+    #[test]
+    fn the_search_wraps_around_and_ends_when_every_set_is_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let uds = dir.path().join("vsock");
+        let last = FREE_SETS - 1;
+        let (got, _a) = claim(&uds, Ports::Free, &[Role::Tty], last).unwrap();
+        assert_eq!(got, FIRST_FREE_PORT + last * PORTS_PER_SET);
+        let (got, _b) = claim(&uds, Ports::Free, &[Role::Tty], last).unwrap();
+        assert_eq!(got, FIRST_FREE_PORT);
+        let full = tempfile::tempdir().unwrap();
+        let uds = full.path().join("vsock");
+        for set in 0..FREE_SETS {
+            let port = FIRST_FREE_PORT + set * PORTS_PER_SET + Role::Tty.offset();
+            std::fs::write(host_port_path(&uds, port), b"").unwrap();
+        }
+        match claim(&uds, Ports::Free, &[Role::Tty], 0) {
+            Err(e @ Error::NoFreePorts { .. }) => {
+                assert!(e.to_string().contains("all 10000 sets are taken"), "{e}")
+            }
+            other => panic!("{:?}", other.map(|(b, _)| b)),
+        }
+    }
+
+    #[test]
+    fn concurrent_claims_never_share_a_port_and_leave_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let uds = dir.path().join("vsock");
+        let barrier = std::sync::Barrier::new(16);
+        let claimed: Vec<Vec<PathBuf>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..16)
+                .map(|_| {
+                    s.spawn(|| {
+                        barrier.wait();
+                        claim(&uds, Ports::Free, &ALL, 42).unwrap().1
+                    })
+                })
+                .collect();
+            let held: Vec<Vec<Listening>> =
+                handles.into_iter().map(|h| h.join().unwrap()).collect();
+            held.iter().map(|l| ports_of(l)).collect()
+        });
+        let mut all: Vec<&PathBuf> = claimed.iter().flatten().collect();
+        let n = all.len();
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), n);
+        assert_eq!(n, 16 * 3);
+        // Every listener was dropped with its claim: its path went too.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn fixed_ports_are_claimed_exclusively_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let uds = dir.path().join("vsock");
+        let (_, first) = claim(&uds, Ports::At(1100), &ALL, 0).unwrap();
+        let err = claim(&uds, Ports::At(1100), &ALL, 0).map(drop).unwrap_err();
+        assert!(matches!(err, Error::Listen { .. }), "{err}");
+        // The failed claim removed nothing of the first one's.
+        assert!(ports_of(&first).iter().all(|p| p.exists()));
+    }
 }

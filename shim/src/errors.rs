@@ -72,6 +72,10 @@ impl ShimError {
 
 fn runtime_code(e: &anyhow::Error) -> Code {
     use okvm::state::Error;
+    // The guest did not answer in time: containerd may retry, or give up.
+    if okvm::guest::timed_out(e).is_some() {
+        return Code::DEADLINE_EXCEEDED;
+    }
     match e.downcast_ref::<Error>() {
         Some(Error::NotFound(_)) => Code::NOT_FOUND,
         Some(Error::Exists(_)) => Code::ALREADY_EXISTS,
@@ -182,5 +186,39 @@ mod tests {
         assert_eq!(ShimError::from(exists).code(), Code::ALREADY_EXISTS);
         let other = anyhow::anyhow!("the guest was not ready within 120 s");
         assert_eq!(ShimError::from(other).code(), Code::UNKNOWN);
+    }
+
+    #[test]
+    fn a_guest_that_missed_its_deadline_is_deadline_exceeded() {
+        use okvm::guest::{Op, TimedOut};
+        let late = TimedOut {
+            op: Op::Signal,
+            limit: std::time::Duration::from_secs(10),
+        };
+        // As the library returns it from a call...
+        let e = anyhow::Error::from(okvm::guest::Error::Deadline(late.clone()))
+            .context("cannot end container c1 in its pod's VM");
+        assert_eq!(
+            status(e.into()),
+            (
+                Code::DEADLINE_EXCEEDED,
+                "cannot end container c1 in its pod's VM: the guest did not answer `kill` within 10 s"
+                    .to_string()
+            )
+        );
+        // ...and as a helper process (an exec proxy) reported it.
+        let outcome = okvm::sandbox::Outcome {
+            error: Some(late.to_string()),
+            guest_pid: None,
+            timed_out: Some(late),
+        };
+        let e = outcome.error().unwrap();
+        assert_eq!(
+            status(e.into()),
+            (
+                Code::DEADLINE_EXCEEDED,
+                "the guest did not answer `kill` within 10 s".to_string()
+            )
+        );
     }
 }

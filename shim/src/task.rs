@@ -237,7 +237,9 @@ impl TaskService {
     }
 
     /// A helper process ended: its process in the guest did, with `code`
-    /// (128+n for a signal, as the reaper reports it).
+    /// (128+n for a signal, as the reaper reports it). Always 0-255: the
+    /// helpers end as `okvm::sandbox::Ending` says, whatever the guest
+    /// reported, never by a signal beyond 64.
     async fn reaped(&self, pid: u32, code: i32) {
         let found = {
             let mut t = self.tables.lock().unwrap_or_else(|p| p.into_inner());

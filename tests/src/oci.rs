@@ -3,6 +3,7 @@
 //! bounded, and a per-test [`Sandbox`] that force-deletes what it created.
 
 use std::cell::RefCell;
+use std::ffi::OsString;
 use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -360,6 +361,8 @@ static NEXT_ID: AtomicU32 = AtomicU32::new(0);
 /// container it may have made, force-deleted on drop (also when the test panics).
 pub struct Sandbox {
     runtime: PathBuf,
+    /// Environment every invocation of the runtime gets.
+    env: Vec<(OsString, OsString)>,
     ids: RefCell<Vec<String>>,
     // Dropped after `Drop::drop` has deleted the containers living in them.
     root: TempDir,
@@ -371,6 +374,7 @@ impl Sandbox {
         let runtime = runtime_from_env();
         Sandbox {
             runtime,
+            env: Vec::new(),
             ids: RefCell::new(Vec::new()),
             root: tempfile::Builder::new()
                 .prefix("okvm-conformance-root")
@@ -387,6 +391,13 @@ impl Sandbox {
         &self.runtime
     }
 
+    /// Every invocation of the runtime gets `key=value` in its environment
+    /// (the cleanup on drop too).
+    pub fn with_env(mut self, key: &str, value: impl Into<OsString>) -> Sandbox {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
     /// The `--root` state directory, private to this test.
     pub fn root(&self) -> &Path {
         self.root.path()
@@ -396,6 +407,7 @@ impl Sandbox {
     pub fn command(&self) -> Command {
         let mut cmd = Command::new(&self.runtime);
         cmd.arg("--root").arg(self.root.path());
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         cmd
     }
 
@@ -569,6 +581,11 @@ impl HostProcess {
         matches!(proc_stat(self.pid), Some((state, start)) if start == self.start_time && !matches!(state, 'Z' | 'X'))
     }
 
+    /// Stopped (by SIGSTOP or its kin, or traced): it exists but cannot run.
+    pub fn is_stopped(&self) -> bool {
+        matches!(proc_stat(self.pid), Some((state, start)) if start == self.start_time && matches!(state, 'T' | 't'))
+    }
+
     /// Waits until the process is gone, failing after [`STATE_TIMEOUT`].
     #[track_caller]
     pub fn wait_gone(&self) {
@@ -592,4 +609,58 @@ pub fn state_pid(state: &Value) -> i64 {
         .unwrap_or_else(|| panic!("state has no numeric pid: {state:#}"));
     assert!(pid > 0, "state pid must be > 0: {state:#}");
     pid
+}
+
+/// How long what a deleted container had may take to disappear.
+const GONE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Nothing that names container `id` is left: no process, no mount, no state.
+#[track_caller]
+pub fn assert_no_trace(sb: &Sandbox, id: &str) {
+    assert!(!sb.root().join(id).exists(), "state directory left");
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(id), "a mount names {id}:\n{mounts}");
+    let deadline = Instant::now() + GONE_TIMEOUT;
+    loop {
+        let procs: Vec<String> = std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+            .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+            .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+            .filter(|c| c.contains(id))
+            .collect();
+        if procs.is_empty() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "processes left: {procs:?}");
+        thread::sleep(POLL_INTERVAL);
+    }
+}
+
+/// What okvm made on the host's network for container `id` (its tap and
+/// address lease, from the record in its state directory): read it while
+/// the container exists, check it with [`assert_network_released`] after.
+pub fn okvm_network_record(sb: &Sandbox, id: &str) -> Value {
+    let path = sb.root().join(id).join("net.json");
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+/// The tap and the address lease in `record` are gone.
+#[track_caller]
+pub fn assert_network_released(record: &Value) {
+    if let Some(tap) = record["tap"].as_str() {
+        assert!(
+            !Path::new("/sys/class/net").join(tap).exists(),
+            "tap {tap} left: {record}"
+        );
+    }
+    if let (Some(leases), Some(owner)) = (record["leases"].as_str(), record["owner"].as_str()) {
+        let held = std::fs::read_to_string(leases).unwrap_or_default();
+        assert!(
+            !held.split_whitespace().any(|w| w == owner),
+            "{owner} still holds a lease: {held}"
+        );
+    }
 }

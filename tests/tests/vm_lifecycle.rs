@@ -2,42 +2,18 @@
 //! the test host (`integration/run-suite okvm-tests:vm_lifecycle`, with
 //! `OKVM_CONFORMANCE_RUNTIME` naming okvm): SIGKILL of the sandbox process,
 //! a missing rootfs, pause/resume of the vCPUs, detached exec with a pid file,
-//! signals passed on by a foreground `run`, and the guest's usage through
-//! `events`.
+//! signals passed on by a foreground `run`, the guest's usage through
+//! `events`, and many concurrent execs into one container.
 
 use std::io::BufRead;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use okvm_tests::oci::{default_config, state_pid, HostProcess, Sandbox};
+use okvm_tests::oci::{assert_no_trace, default_config, state_pid, HostProcess, Sandbox};
 use serde_json::{json, Value};
 
 const LIMIT: Duration = Duration::from_secs(120);
-
-/// Nothing that names container `id` is left: no process, no mount, no state.
-#[track_caller]
-fn assert_no_trace(sb: &Sandbox, id: &str) {
-    assert!(!sb.root().join(id).exists(), "state directory left");
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    assert!(!mounts.contains(id), "a mount names {id}:\n{mounts}");
-    let deadline = Instant::now() + LIMIT;
-    loop {
-        let procs: Vec<String> = std::fs::read_dir("/proc")
-            .unwrap()
-            .flatten()
-            .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
-            .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
-            .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
-            .filter(|c| c.contains(id))
-            .collect();
-        if procs.is_empty() {
-            return;
-        }
-        assert!(Instant::now() < deadline, "processes left: {procs:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 #[test]
 #[ignore = "boots VMs: inside the test host with OKVM_CONFORMANCE_RUNTIME=okvm"]
@@ -413,4 +389,68 @@ fn a_pods_container_runs_in_the_vm_its_sandbox_booted() {
     sb.invoke(&["delete", "--force", &pod]).assert_success();
     assert_no_trace(&sb, &pod);
     sh(&format!("umount {}", late.display()));
+}
+
+/// Exec proxies share their VM's host vsock ports (`<state>/vsock_<port>`,
+/// sets of four from 20000): each claims a set of its own, passes over a set
+/// that is taken (by a live proxy, or by the socket a crashed one left), and
+/// never removes one. Many execs at once into one container whose port
+/// space is nearly full of such leftovers: each gets exactly its own
+/// output, and every leftover is still there afterwards.
+#[test]
+#[ignore = "boots VMs: inside the test host with OKVM_CONFORMANCE_RUNTIME=okvm"]
+fn concurrent_execs_never_share_ports_or_output() {
+    const EXECS: usize = 12;
+    const SETS: u32 = 10_000;
+    const LINES: usize = 300;
+    let sb = Sandbox::new();
+    let id = sb.new_id("execs");
+    let bundle = sb.bundle("execs", &["sleep", "1000"]);
+    sb.start_container(&id, &bundle);
+    // Sockets nobody listens on, at the stdout port of all but a few sets:
+    // where the execs' searches start depends on their pids, so most land
+    // on leftovers and several end up at the same free set.
+    let dir = sb.root().join(&id);
+    let free_every = SETS / (2 * EXECS as u32);
+    let stale: Vec<std::path::PathBuf> = (0..SETS)
+        .filter(|set| set % free_every != 0)
+        .map(|set| dir.join(format!("vsock_{}", 20_000 + set * 4 + 1)))
+        .collect();
+    for path in &stale {
+        drop(std::os::unix::net::UnixListener::bind(path).unwrap());
+    }
+    let script = |n: usize| {
+        format!(
+            "i=0; while [ $i -lt {LINES} ]; do echo exec-{n}-$i; i=$((i+1)); done; echo err-{n} >&2"
+        )
+    };
+    let commands: Vec<Command> = (0..EXECS)
+        .map(|n| {
+            let mut cmd = sb.command();
+            cmd.args(["exec", &id, "sh", "-c", &script(n)]);
+            cmd
+        })
+        .collect();
+    let outputs: Vec<okvm_tests::oci::Output> = std::thread::scope(|s| {
+        let running: Vec<_> = commands
+            .into_iter()
+            .map(|mut cmd| s.spawn(move || okvm_tests::oci::run_piped(&mut cmd, LIMIT)))
+            .collect();
+        running.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (n, out) in outputs.iter().enumerate() {
+        out.assert_success();
+        let want: String = (0..LINES).map(|i| format!("exec-{n}-{i}\n")).collect();
+        assert!(out.stdout == want, "exec {n} got other output: {out:#?}");
+        let errs: Vec<&str> = out
+            .stderr
+            .lines()
+            .filter(|l| l.starts_with("err-"))
+            .collect();
+        assert_eq!(errs, [format!("err-{n}")], "{out:#?}");
+    }
+    let removed = stale.iter().filter(|p| !p.exists()).count();
+    assert_eq!(removed, 0, "leftover sockets were removed");
+    sb.invoke(&["delete", "--force", &id]).assert_success();
+    assert_no_trace(&sb, &id);
 }

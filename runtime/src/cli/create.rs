@@ -96,9 +96,9 @@ fn start_sandbox(
         pod,
     });
     let (pid, outcome) = crate::internal::spawn(ctx, task, opts.stdio)?;
-    match outcome {
-        Some(Outcome { error: None, .. }) => {}
-        Some(Outcome { error: Some(e), .. }) => bail!("{e}"),
+    match outcome.as_ref().map(Outcome::error) {
+        Some(None) => {}
+        Some(Some(e)) => return Err(e),
         None => bail!(
             "the sandbox process ended during start-up{}",
             log_hint(&container.dir)

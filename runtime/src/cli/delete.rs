@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use anyhow::Context as _;
+
 use nix::sys::signal::Signal;
 
 use super::Context;
@@ -34,36 +36,54 @@ pub fn delete(ctx: &Context, id: &str, force: bool) -> anyhow::Result<()> {
     if state.status != Status::Stopped {
         log::debug!("deleting {} container {}", state.status, container.id);
     }
-    destroy(container);
+    let procs = Procs::load(&container.dir);
+    match leave_pod(&container, &procs) {
+        Ok(()) => {}
+        // Its processes may still run in the pod's VM: only --force removes
+        // what the host has of it all the same.
+        Err(e) if !force => return Err(e),
+        Err(e) => log::warn!("{e:#}; removing it all the same"),
+    }
+    remove(container, procs);
     Ok(())
 }
 
 /// A pod's container that still runs is killed in the guest, and its helper
 /// given the time to notice and exit as the container did; killing the
-/// helper instead would leave the process running in the pod's VM.
-fn leave_pod(container: &Container, procs: &Procs) {
-    let Ok(state) = container.load() else { return };
+/// helper instead would leave the process running in the pod's VM. An error
+/// means the guest did not confirm the kill.
+fn leave_pod(container: &Container, procs: &Procs) -> anyhow::Result<()> {
+    let Ok(state) = container.load() else {
+        return Ok(());
+    };
     let Some(helper) = procs.sandbox.filter(|p| p.alive()) else {
-        return;
+        return Ok(());
     };
     if state.pod.is_none() {
-        return;
+        return Ok(());
     }
     let address = container.address(&state);
-    if let Err(e) = super::kill::send(&address, None, Signal::SIGKILL, true) {
-        log::debug!("container {}: {e:#}", container.id);
-        return;
-    }
+    super::kill::send(&address, None, Signal::SIGKILL, true)
+        .with_context(|| format!("cannot end container {} in its pod's VM", container.id))?;
     helper.wait_gone(KILL_TIMEOUT);
+    Ok(())
+}
+
+/// Removes everything of the container on the host, whatever state it is
+/// in (a failed create, the end of `run`).
+pub fn destroy(container: Container) {
+    let procs = Procs::load(&container.dir);
+    if let Err(e) = leave_pod(&container, &procs) {
+        log::warn!("{e:#}; removing it all the same");
+    }
+    remove(container, procs);
 }
 
 /// Kills every process the container's sandbox recorded (the sandbox, and
 /// virtiofsd, which would die with it anyway), removes its network (tap, tc
-/// state, address lease), then removes the state directory. The share's mounts lived in the sandbox's own mount namespace
-/// and are gone with it.
-pub fn destroy(container: Container) {
-    let procs = Procs::load(&container.dir);
-    leave_pod(&container, &procs);
+/// state, address lease), then removes the state directory. The share's
+/// mounts lived in the sandbox's own mount namespace and are gone with it.
+fn remove(container: Container, procs: Procs) {
     for p in procs.all() {
         if !p.kill_and_wait(KILL_TIMEOUT) {
             log::warn!(

@@ -17,11 +17,6 @@ use super::Context;
 use crate::guest::Address;
 use crate::state::{Action, Container, Error as StateError, Status};
 
-/// Reading two /proc files takes a guest milliseconds; this only keeps a
-/// wedged guest from hanging `events` forever (and allows for a slow,
-/// emulated test host).
-const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// The guest's resource usage now. The container must be created or
 /// running: a paused guest cannot answer, a stopped one has nothing to tell.
 pub fn stats(ctx: &Context, id: &str) -> anyhow::Result<GuestStats> {
@@ -37,9 +32,7 @@ pub fn stats(ctx: &Context, id: &str) -> anyhow::Result<GuestStats> {
 }
 
 fn ask(address: &Address) -> anyhow::Result<GuestStats> {
-    let mut client = address.connect()?;
-    client.set_timeout(Some(ANSWER_TIMEOUT))?;
-    match client.request(RequestBody::Stats)? {
+    match address.call(RequestBody::Stats)? {
         ResponseBody::Stats(stats) => Ok(stats),
         ResponseBody::Error { message } => Err(anyhow!("{message}")),
         other => bail!("unexpected answer from the guest to stats: {other:?}"),

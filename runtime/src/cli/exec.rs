@@ -19,7 +19,7 @@ use super::Context;
 use crate::bundle::Bundle;
 use crate::guest::{Address, Client};
 use crate::relay;
-use crate::sandbox::{follow, relayed_signals, STREAM_TIMEOUT};
+use crate::sandbox::{follow, relayed_signals};
 use crate::state::{Action, Container};
 
 pub fn run(ctx: &Context, args: liboci_cli::Exec) -> anyhow::Result<ExitCode> {
@@ -97,16 +97,15 @@ pub fn start_proxy(
     args: ProxyArgs,
     stdio: Option<[std::os::fd::BorrowedFd<'_>; 3]>,
 ) -> anyhow::Result<(u32, u32)> {
-    use crate::sandbox::Outcome;
     let (pid, outcome) =
         crate::internal::spawn(ctx, crate::internal::Task::ExecProxy(args), stdio)?;
     match outcome {
-        Some(Outcome {
-            error: None,
-            guest_pid: Some(guest),
-        }) => Ok((pid, guest)),
-        Some(Outcome { error: Some(e), .. }) => bail!("{e}"),
-        _ => bail!("the exec proxy ended during start-up"),
+        Some(o) => match (o.error(), o.guest_pid) {
+            (Some(e), _) => Err(e),
+            (None, Some(guest)) => Ok((pid, guest)),
+            (None, None) => bail!("the exec proxy reported no process"),
+        },
+        None => bail!("the exec proxy ended during start-up"),
     }
 }
 
@@ -197,7 +196,7 @@ struct Proxy {
 
 impl Proxy {
     fn start(address: &Address, process: Process, console: Option<&Path>) -> anyhow::Result<Proxy> {
-        let pending = relay::prepare(&address.uds, relay::ports_of_this_process(), console)?;
+        let pending = relay::prepare(&address.uds, relay::Ports::Free, console)?;
         let mut client = address.connect()?;
         let pid = match client.request(RequestBody::Exec {
             process: Box::new(process),
@@ -207,7 +206,7 @@ impl Proxy {
             ResponseBody::Error { message } => bail!("{message}"),
             other => bail!("unexpected answer from the guest to exec: {other:?}"),
         };
-        let attached = pending.attach_session(STREAM_TIMEOUT)?;
+        let attached = pending.attach_session()?;
         Ok(Proxy {
             client,
             address: address.clone(),

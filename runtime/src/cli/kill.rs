@@ -65,8 +65,7 @@ pub(crate) fn send(
     signal: Signal,
     all: bool,
 ) -> anyhow::Result<()> {
-    let mut client = address.connect()?;
-    match client.request(RequestBody::Signal {
+    match address.call(RequestBody::Signal {
         pid,
         signal: signal as i32,
         all,

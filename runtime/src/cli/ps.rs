@@ -35,8 +35,7 @@ fn guest_pids(address: &Address, status: Status) -> anyhow::Result<Vec<u32>> {
     if !matches!(status, Status::Created | Status::Running) {
         return Ok(Vec::new());
     }
-    let mut client = address.connect()?;
-    match client.request(RequestBody::Processes)? {
+    match address.call(RequestBody::Processes)? {
         ResponseBody::Pids { pids } => Ok(pids),
         ResponseBody::Error { message } => bail!("{message}"),
         other => bail!("unexpected answer from the guest to ps: {other:?}"),

@@ -13,8 +13,7 @@ pub fn run(ctx: &Context, args: liboci_cli::Start) -> anyhow::Result<()> {
 pub fn start(ctx: &Context, id: &str) -> anyhow::Result<()> {
     let container = Container::open(&ctx.root, id)?;
     let mut state = container.check(Action::Start)?;
-    let mut client = container.address(&state).connect()?;
-    match client.request(RequestBody::Start)? {
+    match container.address(&state).call(RequestBody::Start)? {
         ResponseBody::Done => {}
         ResponseBody::Error { message } => bail!("cannot start container {id}: {message}"),
         other => bail!("unexpected answer from the guest to start: {other:?}"),

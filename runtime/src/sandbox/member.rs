@@ -68,7 +68,7 @@ fn join(args: &Args, pod: &str) -> anyhow::Result<Member> {
         };
         let pending = relay::prepare(
             &address.uds,
-            relay::ports_of_this_process(),
+            relay::Ports::Free,
             args.console_socket.as_deref(),
         )?;
         let mut client = address.connect()?;

@@ -7,6 +7,7 @@
 //! process ends exits the same way (its code, or death by its signal), so that
 //! conmon or containerd see what runc would have shown.
 
+pub mod ending;
 mod member;
 pub mod share;
 
@@ -24,8 +25,10 @@ use serde::{Deserialize, Serialize};
 use crate::bundle::{Bundle, SHARE_TAG};
 use crate::guest::{host_port_path, Address, Client};
 use crate::procs::{Proc, Procs};
+use crate::relay::Ports;
 use crate::virtiofsd::Virtiofsd;
 use crate::{assets, network, relay};
+pub use ending::Ending;
 
 /// The write end of the pipe `create` reads the outcome from.
 pub const SYNC_FD: RawFd = 3;
@@ -37,20 +40,6 @@ const SHARE: &str = "share";
 const FS_SOCKET: &str = "fs.sock";
 /// Host vsock ports of the container process's streams (`base..base+3`).
 pub const CONTAINER_PORTS: u32 = 1100;
-/// How long the guest may take to boot and prepare the process, unless
-/// `OKVM_BOOT_TIMEOUT` (seconds) says otherwise. Generous: a nested or
-/// throttled host is slow, and a hang still ends.
-const READY_TIMEOUT: Duration = Duration::from_secs(120);
-pub const ENV_BOOT_TIMEOUT: &str = "OKVM_BOOT_TIMEOUT";
-
-fn ready_timeout() -> Duration {
-    std::env::var(ENV_BOOT_TIMEOUT)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .map(Duration::from_secs)
-        .unwrap_or(READY_TIMEOUT)
-}
-pub const STREAM_TIMEOUT: Duration = Duration::from_secs(30);
 /// After the process ended, its last output may still be on its way.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -77,6 +66,10 @@ pub struct Outcome {
     /// The process's pid in the guest, once it exists.
     #[serde(default)]
     pub guest_pid: Option<u32>,
+    /// The error is a deadline the guest missed, and nothing more: the
+    /// starter gets it typed again (the shim answers DeadlineExceeded).
+    #[serde(default)]
+    pub timed_out: Option<crate::guest::TimedOut>,
 }
 
 impl Outcome {
@@ -85,11 +78,26 @@ impl Outcome {
         // SAFETY: the starter passed the pipe as fd 3 and nothing else in this
         // process uses that number; the File takes ownership of it.
         let mut sync = unsafe { std::fs::File::from_raw_fd(SYNC_FD) };
+        let error = result.as_ref().err();
         let outcome = Outcome {
-            error: result.as_ref().err().map(|e| format!("{e:#}")),
+            error: error.map(|e| format!("{e:#}")),
             guest_pid: result.as_ref().ok().map(guest_pid),
+            timed_out: error
+                .filter(|e| e.chain().count() == 1)
+                .and_then(crate::guest::timed_out)
+                .cloned(),
         };
         let _ = sync.write_all(&serde_json::to_vec(&outcome).unwrap_or_default());
+    }
+
+    /// The helper's error, if it reported one: typed again where it was
+    /// a missed deadline.
+    pub fn error(&self) -> Option<anyhow::Error> {
+        let message = self.error.as_ref()?;
+        Some(match &self.timed_out {
+            Some(t) if t.to_string() == *message => t.clone().into(),
+            _ => anyhow::anyhow!("{message}"),
+        })
     }
 
     /// Reads what the helper reported: None when it ended without a word.
@@ -185,7 +193,11 @@ fn prepare(args: &Args) -> anyhow::Result<Running> {
     let uds = dir.join(VSOCK);
     let ready = UnixListener::bind(host_port_path(&uds, CONTROL_PORT))
         .with_context(|| format!("cannot listen on {}", uds.display()))?;
-    let pending = relay::prepare(&uds, CONTAINER_PORTS, args.console_socket.as_deref())?;
+    let pending = relay::prepare(
+        &uds,
+        Ports::At(CONTAINER_PORTS),
+        args.console_socket.as_deref(),
+    )?;
 
     let vm = okvm_vmm::vm::VmConfig {
         kernel,
@@ -230,14 +242,9 @@ fn prepare(args: &Args) -> anyhow::Result<Running> {
     drop(ready);
     let _ = std::fs::remove_file(host_port_path(&uds, CONTROL_PORT));
     let (mut client, _ready) = Client::announced(stream)?;
-    client.set_timeout(Some(ready_timeout()))?;
-    let limit = ready_timeout().as_secs();
-    match client
-        .request(RequestBody::Network {
-            interfaces: net.guest,
-        })
-        .with_context(|| format!("the guest did not configure its network within {limit} s"))?
-    {
+    match client.request(RequestBody::Network {
+        interfaces: net.guest,
+    })? {
         ResponseBody::Done => {}
         ResponseBody::Error { message } => bail!("cannot configure the guest's network: {message}"),
         other => bail!("unexpected answer from the guest to the network settings: {other:?}"),
@@ -272,19 +279,10 @@ fn create_in_guest(
     pending: relay::Pending,
 ) -> anyhow::Result<(u32, relay::Attached)> {
     let id = container.id.clone();
-    let limit = ready_timeout();
-    client.set_timeout(Some(limit))?;
-    let created = client
-        .request(RequestBody::Create {
-            container: Box::new(container),
-            stdio: pending.stdio.clone(),
-        })
-        .with_context(|| {
-            format!(
-                "the guest did not prepare the container within {} s",
-                limit.as_secs()
-            )
-        })?;
+    let created = client.request(RequestBody::Create {
+        container: Box::new(container),
+        stdio: pending.stdio.clone(),
+    })?;
     let guest_pid = match created {
         ResponseBody::Created { pid } => {
             log::debug!("container {id}: guest pid {pid}");
@@ -293,8 +291,7 @@ fn create_in_guest(
         ResponseBody::Error { message } => bail!("{message}"),
         other => bail!("unexpected answer from the guest to create: {other:?}"),
     };
-    client.set_timeout(None)?;
-    Ok((guest_pid, pending.attach_session(STREAM_TIMEOUT)?))
+    Ok((guest_pid, pending.attach_session()?))
 }
 
 fn accept_ready(
@@ -302,7 +299,7 @@ fn accept_ready(
     vmm: &std::thread::JoinHandle<()>,
     console: &Path,
 ) -> anyhow::Result<std::os::unix::net::UnixStream> {
-    let limit = ready_timeout();
+    let limit = crate::guest::boot_timeout();
     let deadline = Instant::now() + limit;
     let stream = relay::accept_while(listener, || !vmm.is_finished() && Instant::now() < deadline)
         .context("waiting for the guest")?;
@@ -405,21 +402,35 @@ pub fn relay_signals(address: &Address, pid: Option<u32>, tty: Option<RawFd>) {
     }
 }
 
-/// Ends this process the way the guest's process ended: with its exit code,
-/// or killed by the same signal (without a core dump of okvm).
+/// Ends this process the way the guest's process ended (its exit code, or
+/// killed by the same signal, without a core dump of okvm), as far as the
+/// guest's report is possible at all: [`ending`] says how.
 pub fn exit_like(code: Option<i32>, signal: Option<i32>) -> ! {
-    if let Some(sig) = signal {
-        if let Ok(s) = Signal::try_from(sig) {
-            let _ = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_CORE, 0, 0);
-            // SAFETY: restoring the default disposition of a signal; no
-            // handler runs Rust code.
-            let _ = unsafe { nix::sys::signal::signal(s, nix::sys::signal::SigHandler::SigDfl) };
-            let mut set = SigSet::empty();
-            set.add(s);
-            let _ = set.thread_unblock();
-            let _ = nix::sys::signal::raise(s);
-        }
-        std::process::exit(128 + sig)
+    let end = Ending::of(code, signal);
+    if !end.is_faithful(code, signal) {
+        log::warn!(
+            "the guest reported an impossible end (exit code {code:?}, signal {signal:?}): \
+             ending with {end:?}"
+        );
     }
-    std::process::exit(code.unwrap_or(255))
+    let n = match end {
+        Ending::Code(c) => std::process::exit(c.into()),
+        Ending::Signal(n) => n,
+    };
+    let _ = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_CORE, 0, 0);
+    // SAFETY: the default disposition of a signal whose default action ends
+    // the process (Ending::of checked it is one, and none of glibc's own);
+    // then it is unblocked in this thread and raised on this thread, so it
+    // is delivered here before raise returns. Only a sigset_t on the stack is
+    // written.
+    unsafe {
+        libc::signal(n, libc::SIG_DFL);
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, n);
+        libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+        libc::raise(n);
+    }
+    // Not reached; should the signal be caught after all, as a shell says it.
+    std::process::exit(128 + n)
 }
