@@ -368,18 +368,25 @@ fn a_pod_cannot_take_the_hosts_bridge_or_more_memory_than_granted() {
         }),
         ..Default::default()
     };
-    // The pod's containers carry its annotations too, and each create reads
-    // the policy afresh: once the administrator takes the grant back, the
-    // next container of the pod is refused.
+    // The pod's containers carry its annotations too, and each create (the
+    // task's, at StartContainer) reads the policy afresh: once the
+    // administrator takes the grant back, the pod's next container is refused.
     policy.set(SMALL_MAX);
+    let mut refused = container.clone();
+    refused.metadata = Some(api::ContainerMetadata {
+        name: "refused".into(),
+        attempt: 0,
+    });
+    let id = cri.create_container(&pod_id, &refused, &pod).unwrap();
     let e = cri
-        .create_container(&pod_id, &container, &pod)
-        .expect_err("a pod container created against the policy");
+        .start_container(&id)
+        .expect_err("a pod's container started against the policy");
     assert!(
         e.message()
             .contains("annotation io.okvm.network is not allowed on this host"),
         "{e:?}"
     );
+    cri.remove_container(&id).unwrap();
     let left = sh(&format!("ls {SHIM_STATE} | grep -v '^\\.'"));
     assert_eq!(stdout(&left).trim(), pod_id, "only the pod's own state");
     policy.set(GRANTED);
