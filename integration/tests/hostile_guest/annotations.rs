@@ -19,11 +19,15 @@ const CONFIG: &str = "/etc/okvm/config.toml";
 /// okvm's shim keeps its containers' state here (shim/src/service.rs).
 const SHIM_STATE: &str = "/run/okvm-shim/k8s.io";
 const BUSYBOX: &str = "localhost/okvm-busybox:latest";
-/// Below this many MiB, okvm's default VM (256 MiB) could not have it either.
+/// What the tests ask for: more than the default VM (256 MiB) and the small
+/// maximum, so that a guest of this size shows the grant took effect.
 const ASKED_MIB: u64 = 640;
 /// The administrator's maximum before and after granting more.
 const SMALL_MAX: &str = "max_memory_mib = 512\n";
 const GRANTED: &str = "enable_annotations = [\"io.okvm.*\"]\nmax_memory_mib = 1024\n";
+/// The okvm bridge's subnet (network.conf's default): a guest there is on the
+/// host's bridge, not on the network its engine gave it.
+const BRIDGE_SUBNET: &str = "10.87.0.";
 
 /// /etc/okvm/config.toml as the administrator writes it, put back as it was
 /// when dropped (also when the test fails), so the suites after this one
@@ -101,10 +105,6 @@ fn eth0_address(out: &str) -> String {
         .unwrap_or_else(|| panic!("no address on eth0: {out:?}"))
         .to_string()
 }
-
-/// The okvm bridge's subnet (network.conf's default): a guest there is on the
-/// host's bridge, not on the network its engine gave it.
-const BRIDGE_SUBNET: &str = "10.87.0.";
 
 #[test]
 #[ignore = "runs inside the test host (make test-e2e)"]
