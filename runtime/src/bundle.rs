@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use oci_spec::runtime::{Mount, Spec};
 use okvm_protocol::ContainerSpec;
 
+use crate::config::{Config, Refusal};
+
 /// The virtio-fs tag of a sandbox's share.
 pub const SHARE_TAG: &str = "okvm";
 /// Defaults when the spec sets no limits (shared/DESIGN.md, "Guest").
@@ -18,8 +20,8 @@ pub const DEFAULT_VCPUS: u8 = 1;
 pub const DEFAULT_MEM_MIB: u64 = 256;
 /// The guest kernel needs this much to boot and run a shell comfortably.
 pub const MIN_MEM_MIB: u64 = 128;
-pub const MAX_VCPUS: u8 = 8;
-/// Annotations that size the VM, overriding the spec's resources.
+/// Annotations that size the VM, overriding the spec's resources (when the
+/// host's policy enables them: [`crate::config`]).
 pub const ANNOTATION_VCPUS: &str = "io.okvm.vcpus";
 pub const ANNOTATION_MEM: &str = "io.okvm.memory_mib";
 /// containerd CRI: the pod's resources, on its sandbox's spec.
@@ -49,6 +51,9 @@ pub enum Error {
     NoSourceGiven(String),
     #[error("annotation {key}={value:?} is not a valid number")]
     BadAnnotation { key: String, value: String },
+    /// The host's policy does not give what the bundle asks for.
+    #[error(transparent)]
+    Refused(#[from] Refusal),
 }
 
 /// One host file or directory placed in the share.
@@ -150,14 +155,19 @@ impl Bundle {
             .collect()
     }
 
-    /// The sandbox's plan for container `id`, alone in its VM.
-    pub fn plan(&self, id: &str) -> Result<Plan, Error> {
-        self.plan_in(id, "")
+    /// The sandbox's plan for container `id`, alone in its VM, within the
+    /// host's policy `config`.
+    pub fn plan(&self, id: &str, config: &Config) -> Result<Plan, Error> {
+        self.plan_in(id, "", config)
     }
 
     /// The plan for container `id` with its files in directory `dir` of the
-    /// share (a pod's VM holds several containers' files).
-    pub fn plan_in(&self, id: &str, dir: &str) -> Result<Plan, Error> {
+    /// share (a pod's VM holds several containers' files). Annotations the
+    /// host's policy does not enable, and sizes above its maxima, are refused
+    /// here, before anything is made.
+    pub fn plan_in(&self, id: &str, dir: &str, config: &Config) -> Result<Plan, Error> {
+        let annotations = self.annotations();
+        config.admit(&annotations)?;
         let spec = &self.spec;
         let process = spec.process().clone().ok_or(Error::NoProcess)?;
         let mut entries = vec![ShareEntry {
@@ -198,8 +208,7 @@ impl Bundle {
             mounts.push(m);
         }
         let linux = spec.linux().as_ref();
-        let annotations = self.annotations();
-        let (vcpus, mem_mib) = size(spec, &annotations)?;
+        let (vcpus, mem_mib) = size(spec, &annotations, config)?;
         let container = ContainerSpec {
             id: id.into(),
             share_tag: SHARE_TAG.into(),
@@ -253,19 +262,23 @@ fn is_bind(m: &Mount) -> bool {
 
 /// vCPUs and MiB: okvm's annotations first, then a pod's resources (CRI
 /// annotations), then `linux.resources` (podman's `--cpus` becomes a CFS
-/// quota, `--memory` a limit), then the defaults.
+/// quota, `--memory` a limit), then the defaults. Whichever sizes the VM must
+/// be within `config`'s maxima; a cpuset only pins the container to host CPUs,
+/// so the vCPU count it implies is capped rather than refused.
 fn size(
     spec: &Spec,
     annotations: &std::collections::BTreeMap<String, String>,
+    config: &Config,
 ) -> Result<(u8, u64), Error> {
-    let number = |key: &str| -> Result<Option<u64>, Error> {
+    let number = |key: &str| -> Result<Option<(u64, String)>, Error> {
         annotations
             .get(key)
             .map(|v| {
-                v.trim().parse::<u64>().map_err(|_| Error::BadAnnotation {
+                let n = v.trim().parse::<u64>().map_err(|_| Error::BadAnnotation {
                     key: key.into(),
                     value: v.clone(),
-                })
+                })?;
+                Ok((n, format!("annotation {key}={v}")))
             })
             .transpose()
     };
@@ -280,33 +293,55 @@ fn size(
             .map(|v| v as u64)
     };
     let pod_vcpus = match (cri(CRI_SANDBOX_CPU_QUOTA), cri(CRI_SANDBOX_CPU_PERIOD)) {
-        (Some(q), Some(p)) => Some(q.div_ceil(p)),
+        (Some(q), Some(p)) => Some((
+            q.div_ceil(p),
+            format!(
+                "the pod's CPU limit (annotations {CRI_SANDBOX_CPU_QUOTA}={q}, \
+                 {CRI_SANDBOX_CPU_PERIOD}={p})"
+            ),
+        )),
         _ => None,
     };
-    let pod_mem = cri(CRI_SANDBOX_MEMORY).map(|b| b.div_ceil(1 << 20));
+    let pod_mem = cri(CRI_SANDBOX_MEMORY).map(|b| {
+        (
+            b.div_ceil(1 << 20),
+            format!("the pod's memory limit (annotation {CRI_SANDBOX_MEMORY}={b})"),
+        )
+    });
     let resources = spec.linux().as_ref().and_then(|l| l.resources().as_ref());
     let cpu = resources.and_then(|r| r.cpu().as_ref());
     let from_quota = cpu.and_then(|c| match (c.quota(), c.period()) {
-        (Some(q), Some(p)) if q > 0 && p > 0 => Some((q as u64).div_ceil(p)),
+        (Some(q), Some(p)) if q > 0 && p > 0 => Some((
+            (q as u64).div_ceil(p),
+            format!("linux.resources.cpu.quota={q} (period {p})"),
+        )),
         _ => None,
     });
-    let from_cpuset = cpu.and_then(|c| c.cpus().as_deref()).and_then(cpuset_count);
-    let vcpus = number(ANNOTATION_VCPUS)?
-        .or(pod_vcpus)
-        .or(from_quota)
-        .or(from_cpuset)
-        .unwrap_or(DEFAULT_VCPUS as u64)
-        .clamp(1, MAX_VCPUS as u64) as u8;
+    let vcpus = match number(ANNOTATION_VCPUS)?.or(pod_vcpus).or(from_quota) {
+        Some((n, from)) => config.bound_vcpus(n, &from)?,
+        None => cpu
+            .and_then(|c| c.cpus().as_deref())
+            .and_then(cpuset_count)
+            .map_or(DEFAULT_VCPUS, |n| {
+                n.min(config.policy.max_vcpus.into()) as u8
+            }),
+    }
+    .max(1);
     let from_limit = resources
         .and_then(|r| r.memory().as_ref())
         .and_then(|m| m.limit())
         .filter(|l| *l > 0)
-        .map(|l| (l as u64).div_ceil(1 << 20));
-    let mem_mib = number(ANNOTATION_MEM)?
-        .or(pod_mem)
-        .or(from_limit)
-        .unwrap_or(DEFAULT_MEM_MIB)
-        .max(MIN_MEM_MIB);
+        .map(|l| {
+            (
+                (l as u64).div_ceil(1 << 20),
+                format!("linux.resources.memory.limit={l}"),
+            )
+        });
+    let mem_mib = match number(ANNOTATION_MEM)?.or(pod_mem).or(from_limit) {
+        Some((n, from)) => config.bound_memory(n, &from)?,
+        None => DEFAULT_MEM_MIB,
+    }
+    .max(MIN_MEM_MIB);
     Ok((vcpus, mem_mib))
 }
 
@@ -366,7 +401,7 @@ mod tests {
             host.path().display()
         );
         let (_d, b) = bundle(&config);
-        let plan = b.unwrap().plan("c1").unwrap();
+        let plan = b.unwrap().plan("c1", &Config::default()).unwrap();
         assert_eq!((plan.vcpus, plan.mem_mib), (2, 512));
         assert_eq!(plan.entries.len(), 2);
         assert_eq!(plan.entries[1].name, "mounts/1");
@@ -387,7 +422,10 @@ mod tests {
             host.path().display()
         );
         let (_d, b) = bundle(&config);
-        let mut plan = b.unwrap().plan_in("c2", "containers/c2").unwrap();
+        let mut plan = b
+            .unwrap()
+            .plan_in("c2", "containers/c2", &Config::default())
+            .unwrap();
         assert_eq!(plan.container.rootfs, "containers/c2/rootfs");
         let names: Vec<_> = plan.entries.iter().map(|e| e.name.as_str()).collect();
         assert_eq!(names, ["rootfs", "mounts/0"]);
@@ -414,38 +452,152 @@ mod tests {
             r#"{BASE},"mounts":[{{"destination":"/data","type":"bind","source":"/no/such/dir","options":["bind"]}}]}}"#
         );
         let (_d, b) = bundle(&config);
-        let e = b.unwrap().plan("c").unwrap_err().to_string();
+        let e = b
+            .unwrap()
+            .plan("c", &Config::default())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("/no/such/dir"), "{e}");
     }
 
     #[test]
     fn defaults_annotations_and_cpusets() {
         let (_d, b) = bundle(&format!("{BASE}}}"));
-        let p = b.unwrap().plan("c").unwrap();
+        let p = b.unwrap().plan("c", &Config::default()).unwrap();
         assert_eq!((p.vcpus, p.mem_mib), (DEFAULT_VCPUS, DEFAULT_MEM_MIB));
         let (_d, b) = bundle(&format!(
             r#"{BASE},"annotations":{{"io.okvm.vcpus":"3","io.okvm.memory_mib":"64"}}}}"#
         ));
-        let p = b.unwrap().plan("c").unwrap();
+        let p = b.unwrap().plan("c", &Config::default()).unwrap();
         assert_eq!((p.vcpus, p.mem_mib), (3, MIN_MEM_MIB));
         let (_d, b) = bundle(&format!(
             r#"{BASE},"annotations":{{"io.okvm.vcpus":"x"}}}}"#
         ));
-        assert!(b.unwrap().plan("c").is_err());
+        assert!(b.unwrap().plan("c", &Config::default()).is_err());
         // A pod's sandbox: the pod's resources, ahead of the pause
         // container's own; okvm's annotations still win.
         let (_d, b) = bundle(&format!(
             r#"{BASE},"annotations":{{"io.kubernetes.cri.sandbox-cpu-quota":"250000","io.kubernetes.cri.sandbox-cpu-period":"100000","io.kubernetes.cri.sandbox-memory":"1073741824"}},
                "linux":{{"resources":{{"memory":{{"limit":536870912}}}}}}}}"#
         ));
-        let p = b.unwrap().plan("c").unwrap();
+        let p = b.unwrap().plan("c", &Config::default()).unwrap();
         assert_eq!((p.vcpus, p.mem_mib), (3, 1024));
         let (_d, b) = bundle(&format!(
             r#"{BASE},"annotations":{{"io.kubernetes.cri.sandbox-cpu-quota":"-1","io.kubernetes.cri.sandbox-cpu-period":"100000","io.kubernetes.cri.sandbox-memory":"0","io.okvm.vcpus":"2"}}}}"#
         ));
-        let p = b.unwrap().plan("c").unwrap();
+        let p = b.unwrap().plan("c", &Config::default()).unwrap();
         assert_eq!((p.vcpus, p.mem_mib), (2, DEFAULT_MEM_MIB));
         assert_eq!(cpuset_count("0-2,4"), Some(4));
         assert_eq!(cpuset_count("3-1"), None);
+    }
+
+    /// The plan of a bundle with these annotations and `linux` section
+    /// (JSON, or "" for none), under the host policy `policy` (config.toml).
+    fn plan_under(policy: &str, annotations: &str, linux: &str) -> Result<Plan, Error> {
+        let config = Config::parse(Path::new("/etc/okvm/config.toml"), policy).unwrap();
+        let linux = if linux.is_empty() {
+            String::new()
+        } else {
+            format!(r#","linux":{linux}"#)
+        };
+        let (_d, b) = bundle(&format!(
+            r#"{BASE},"annotations":{{{annotations}}}{linux}}}"#
+        ));
+        b.unwrap().plan("c", &config)
+    }
+
+    #[test]
+    fn annotations_the_host_does_not_enable_are_refused() {
+        let e = plan_under("", r#""io.okvm.network":"bridge""#, "")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("annotation io.okvm.network is not allowed on this host")
+                && e.contains("enable_annotations in /etc/okvm/config.toml"),
+            "{e}"
+        );
+        // Refused before its value is even looked at.
+        let e = plan_under("enable_annotations = []", r#""io.okvm.vcpus":"x""#, "");
+        assert!(
+            matches!(e, Err(Error::Refused(Refusal::Annotation { .. }))),
+            "{e:?}"
+        );
+        let p = plan_under(
+            r#"enable_annotations = ["io.okvm.*"]"#,
+            r#""io.okvm.network":"bridge","io.okvm.vcpus":"2""#,
+            "",
+        )
+        .unwrap();
+        assert_eq!(p.vcpus, 2);
+    }
+
+    #[test]
+    fn every_way_of_asking_for_too_much_is_refused() {
+        let policy = "max_vcpus = 2\nmax_memory_mib = 512";
+        const QUOTA: &str = r#""io.kubernetes.cri.sandbox-cpu-quota":"300000""#;
+        const PERIOD: &str = r#""io.kubernetes.cri.sandbox-cpu-period":"100000""#;
+        let pod_cpu = format!("{QUOTA},{PERIOD}");
+        for (annotations, linux, from) in [
+            (
+                r#""io.okvm.memory_mib":"1048576""#,
+                "",
+                "annotation io.okvm.memory_mib=1048576 asks for 1048576 MiB of memory",
+            ),
+            (
+                r#""io.okvm.vcpus":"3""#,
+                "",
+                "annotation io.okvm.vcpus=3 asks for 3 vCPUs",
+            ),
+            (
+                r#""io.okvm.vcpus":"99999999999""#,
+                "",
+                "annotation io.okvm.vcpus=99999999999 asks for 99999999999 vCPUs",
+            ),
+            (
+                r#""io.kubernetes.cri.sandbox-memory":"1073741824""#,
+                "",
+                "the pod's memory limit (annotation io.kubernetes.cri.sandbox-memory=1073741824) \
+                 asks for 1024 MiB",
+            ),
+            (
+                &pod_cpu,
+                "",
+                "the pod's CPU limit (annotations io.kubernetes.cri.sandbox-cpu-quota=300000, \
+                 io.kubernetes.cri.sandbox-cpu-period=100000) asks for 3 vCPUs",
+            ),
+            (
+                "",
+                r#"{"resources":{"memory":{"limit":1073741825}}}"#,
+                "linux.resources.memory.limit=1073741825 asks for 1025 MiB",
+            ),
+            (
+                "",
+                r#"{"resources":{"cpu":{"quota":250000,"period":100000}}}"#,
+                "linux.resources.cpu.quota=250000 (period 100000) asks for 3 vCPUs",
+            ),
+        ] {
+            let e = plan_under(policy, annotations, linux).unwrap_err();
+            assert!(
+                matches!(e, Error::Refused(Refusal::TooLarge { .. })),
+                "{e:?}"
+            );
+            let e = e.to_string();
+            assert!(e.starts_with(from), "{from}: {e}");
+            assert!(e.contains("this host allows at most"), "{e}");
+            assert!(e.contains(" in /etc/okvm/config.toml)"), "{e}");
+        }
+        // The maxima themselves are fine, and so is a value that does not
+        // size the VM (the annotation wins over the spec's limit).
+        let p = plan_under(
+            policy,
+            r#""io.okvm.memory_mib":"512","io.okvm.vcpus":"2""#,
+            r#"{"resources":{"memory":{"limit":68719476736}}}"#,
+        )
+        .unwrap();
+        assert_eq!((p.vcpus, p.mem_mib), (2, 512));
+        // A cpuset pins the container to host CPUs: more of them than the
+        // maximum gives the maximum.
+        let p = plan_under(policy, "", r#"{"resources":{"cpu":{"cpus":"0-15"}}}"#).unwrap();
+        assert_eq!(p.vcpus, 2);
     }
 }

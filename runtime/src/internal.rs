@@ -162,6 +162,7 @@ mod tests {
                 bundle: "/b".into(),
                 console_socket: None,
                 pod: Some("p1".into()),
+                config: crate::config::Config::default(),
             }),
         };
         let back: Invocation = serde_json::from_str(&serde_json::to_string(&inv).unwrap()).unwrap();

@@ -5,6 +5,7 @@ pub mod assets;
 pub mod boot;
 pub mod bundle;
 pub mod cli;
+pub mod config;
 pub mod guest;
 pub mod initramfs;
 pub mod internal;

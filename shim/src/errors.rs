@@ -76,6 +76,11 @@ fn runtime_code(e: &anyhow::Error) -> Code {
     if okvm::guest::timed_out(e).is_some() {
         return Code::DEADLINE_EXCEEDED;
     }
+    // The host's policy refused what the pod or container asks for: the
+    // same request will fail again until the request (or the policy) changes.
+    if let Some(okvm::bundle::Error::Refused(_)) = e.downcast_ref() {
+        return Code::INVALID_ARGUMENT;
+    }
     match e.downcast_ref::<Error>() {
         Some(Error::NotFound(_)) => Code::NOT_FOUND,
         Some(Error::Exists(_)) => Code::ALREADY_EXISTS,
@@ -184,6 +189,21 @@ mod tests {
         let exists = anyhow::Error::from(okvm::state::Error::Exists("c9".into()))
             .context("cannot create c9");
         assert_eq!(ShimError::from(exists).code(), Code::ALREADY_EXISTS);
+        let refused = anyhow::Error::from(okvm::bundle::Error::Refused(
+            okvm::config::Refusal::Annotation {
+                key: "io.okvm.network".into(),
+                config: "/etc/okvm/config.toml".into(),
+            },
+        ));
+        assert_eq!(
+            status(refused.into()),
+            (
+                Code::INVALID_ARGUMENT,
+                "annotation io.okvm.network is not allowed on this host: its administrator \
+                 allows io.okvm.* annotations with enable_annotations in /etc/okvm/config.toml"
+                    .to_string()
+            )
+        );
         let other = anyhow::anyhow!("the guest was not ready within 120 s");
         assert_eq!(ShimError::from(other).code(), Code::UNKNOWN);
     }

@@ -107,6 +107,27 @@ impl BridgeConf {
     }
 }
 
+/// The host's policy for one test (/etc/okvm/config.toml's keys), in a file
+/// of its own named by `OKVM_CONFIG` for the okvm processes the test starts,
+/// until dropped.
+struct HostPolicy;
+
+impl HostPolicy {
+    fn install(sb: &Sandbox, text: &str) -> HostPolicy {
+        let path = sb.work_file("config.toml");
+        std::fs::write(&path, text).unwrap();
+        // The tests run one at a time (--test-threads=1).
+        std::env::set_var("OKVM_CONFIG", &path);
+        HostPolicy
+    }
+}
+
+impl Drop for HostPolicy {
+    fn drop(&mut self) {
+        std::env::remove_var("OKVM_CONFIG");
+    }
+}
+
 /// What teardown must restore: links (name, kind, master), qdiscs, leases.
 fn snapshot(netns: Option<&str>, except: &[&str]) -> String {
     let n = netns.map(|n| format!("-n {n} ")).unwrap_or_default();
@@ -356,6 +377,19 @@ fn loopback_only_namespaces_and_network_none_give_the_guest_only_lo() {
     let by_annotation = bundle_with(&sb, "lo-none", script, |c| {
         c["annotations"]["io.okvm.network"] = json!("none")
     });
+    // Where a VM's network comes from is the host's to decide: by default
+    // (an empty config.toml) the annotation is refused.
+    let defaults = HostPolicy::install(&sb, "");
+    let refused = sb.new_id("lo-refused");
+    sb.create(&refused, by_annotation.path(), &[])
+        .assert_failure_with_message()
+        .assert_stderr_mentions_any(&["annotation io.okvm.network is not allowed"]);
+    assert!(sb.state_entries_for(&refused).is_empty());
+    drop(defaults);
+    let _policy = HostPolicy::install(
+        &sb,
+        r#"enable_annotations = ["io.okvm.network", "io.okvm.memory_mib"]"#,
+    );
     for (name, b) in [("lo-ns", &by_namespace), ("lo-none", &by_annotation)] {
         let id = sb.new_id(name);
         sb.start_container(&id, b);

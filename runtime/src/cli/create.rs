@@ -8,6 +8,7 @@ use anyhow::{bail, Context as _};
 
 use super::Context;
 use crate::bundle::Bundle;
+use crate::config::Config;
 use crate::pod::Role;
 use crate::sandbox::{self, Outcome};
 use crate::state::{Container, State, Status};
@@ -39,9 +40,11 @@ pub fn run(ctx: &Context, args: liboci_cli::Create) -> anyhow::Result<()> {
 /// Creates the container; returns the sandbox process's pid.
 pub fn create(ctx: &Context, opts: &Options) -> anyhow::Result<u32> {
     crate::state::validate_id(opts.id)?;
-    // Everything that can be checked is checked before anything is made.
+    // Everything that can be checked is checked before anything is made:
+    // the bundle, and what it asks for against the host's policy.
+    let config = Config::load()?;
     let bundle = Bundle::load(opts.bundle)?;
-    bundle.plan(opts.id)?;
+    bundle.plan(opts.id, &config)?;
     // A pod's container runs in the VM its sandbox booted.
     let pod = match Role::from_annotations(&bundle.annotations())? {
         Role::PodContainer { sandbox_id } => {
@@ -58,7 +61,7 @@ pub fn create(ctx: &Context, opts: &Options) -> anyhow::Result<u32> {
         Role::PodSandbox { .. } | Role::Standalone => None,
     };
     let container = Container::create(&ctx.root, opts.id)?;
-    let result = start_sandbox(ctx, &container, &bundle, opts, pod);
+    let result = start_sandbox(ctx, &container, &bundle, opts, pod, config);
     match result {
         Ok(pid) => Ok(pid),
         Err(e) => {
@@ -75,6 +78,7 @@ fn start_sandbox(
     bundle: &Bundle,
     opts: &Options,
     pod: Option<String>,
+    config: Config,
 ) -> anyhow::Result<u32> {
     let mut state = State {
         oci_version: super::OCI_VERSION.into(),
@@ -94,6 +98,7 @@ fn start_sandbox(
         bundle: bundle.dir.clone(),
         console_socket: opts.console_socket.map(absolute),
         pod,
+        config,
     });
     let (pid, outcome) = crate::internal::spawn(ctx, task, opts.stdio)?;
     match outcome.as_ref().map(Outcome::error) {

@@ -33,7 +33,7 @@ struct Member {
 fn join(args: &Args, pod: &str) -> anyhow::Result<Member> {
     let bundle = Bundle::load(&args.bundle)?;
     let part = format!("{}/{}", share::POD_CONTAINERS, args.id);
-    let mut plan = bundle.plan_in(&args.id, &part)?;
+    let mut plan = bundle.plan_in(&args.id, &part, &args.config)?;
     check_console(plan.terminal, args.console_socket.as_deref())?;
     let sandbox = Container::open(&args.root, pod)?;
     // The pod's containers share its UTS namespace (their specs name the

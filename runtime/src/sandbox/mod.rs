@@ -56,6 +56,8 @@ pub struct Args {
     /// container boots a VM of its own).
     #[serde(default)]
     pub pod: Option<String>,
+    /// The host's policy, as `create` read and checked it.
+    pub config: crate::config::Config,
 }
 
 /// What a helper (the sandbox, an exec proxy) tells the process that
@@ -147,7 +149,7 @@ struct Running {
 fn prepare(args: &Args) -> anyhow::Result<Running> {
     let dir = args.root.join(&args.id);
     let bundle = Bundle::load(&args.bundle)?;
-    let mut plan = bundle.plan(&args.id)?;
+    let mut plan = bundle.plan(&args.id, &args.config)?;
     let net_mode = network::Mode::of(&bundle.spec)?;
     check_console(plan.terminal, args.console_socket.as_deref())?;
     if bundle
