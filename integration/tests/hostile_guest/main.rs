@@ -6,4 +6,6 @@
 //!
 //! One module per channel to the host; each runs inside the test host
 //! (`integration/run-suite hostile_guest`, part of `make test`).
+
+mod bridge;
 mod share;
