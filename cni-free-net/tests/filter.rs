@@ -10,7 +10,6 @@
 
 mod common;
 
-use std::io::Write as _;
 use std::net::{Ipv4Addr, UdpSocket};
 
 use cni_free_net::filter::{self, BridgePolicy, HostService, TapGuard};
@@ -72,12 +71,6 @@ fn bridge_with_tap(h: &mut Handle) -> (u32, std::fs::File) {
     h.set_up(tap).unwrap();
     h.set_master(tap, Some(br)).unwrap();
     (br, attach_tap("tap0"))
-}
-
-fn write_frame(vm: &mut std::fs::File, frame: &[u8]) {
-    let mut with_header = vec![0u8; VNET_HDR_LEN];
-    with_header.extend_from_slice(frame);
-    vm.write_all(&with_header).unwrap();
 }
 
 #[test]

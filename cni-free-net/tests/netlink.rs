@@ -10,7 +10,6 @@ mod common;
 
 use std::collections::HashSet;
 use std::fs::File;
-use std::io::Write as _;
 use std::net::IpAddr;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
@@ -88,9 +87,7 @@ fn mirror_carries_frames_both_ways_between_tap_and_veth() {
 
             // Guest → network: into the tap's fd, out of the veth's peer.
             let sent = frame(b"okvm mirror: from the guest");
-            let mut with_header = vec![0u8; VNET_HDR_LEN];
-            with_header.extend_from_slice(&sent);
-            vm.write_all(&with_header).unwrap();
+            write_frame(&mut vm, &sent);
             let got = wire
                 .receive_until(b"okvm mirror: from the guest")
                 .expect("the frame written into the tap never left the veth");
@@ -449,13 +446,8 @@ fn isolated_ports_reach_the_bridge_but_not_each_other() {
             taps.push((index, attach_tap(name)));
         }
         let bridge = PacketSocket::bind(br);
-        let send = |tap: &mut File, marker: &[u8]| {
-            let mut with_header = vec![0u8; VNET_HDR_LEN];
-            with_header.extend_from_slice(&frame(marker));
-            tap.write_all(&with_header).unwrap();
-        };
 
-        send(&mut taps[0].1, b"okvm isolated: first");
+        write_frame(&mut taps[0].1, &frame(b"okvm isolated: first"));
         assert!(
             bridge.receive_until(b"okvm isolated: first").is_some(),
             "an isolated port's frame never reached the bridge"
@@ -465,7 +457,7 @@ fn isolated_ports_reach_the_bridge_but_not_each_other() {
         let tap1 = taps[1].0;
         h.set_port_isolated(tap1, false).unwrap();
         assert!(!h.link(tap1).unwrap().unwrap().port_isolated);
-        send(&mut taps[0].1, b"okvm isolated: second");
+        write_frame(&mut taps[0].1, &frame(b"okvm isolated: second"));
         let seen = tap_frames_until(&mut taps[1].1, b"okvm isolated: second")
             .expect("a frame from an isolated port never reached a plain port");
         assert!(

@@ -396,6 +396,8 @@ impl Match {
         Match::one(text, Load::Meta(MetaKey::L4Proto), Op::Eq, vec![number])
     }
 
+    /// What the kernel runs, in order; only writing a table needs it.
+    #[cfg(any(test, feature = "nftables"))]
     pub(crate) fn tests(&self) -> &[Test] {
         &self.tests
     }

@@ -6,7 +6,7 @@
 #![allow(dead_code)]
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read as _};
+use std::io::{self, Read as _, Write as _};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::time::{Duration, Instant};
@@ -159,6 +159,14 @@ pub fn tap_frames_until(tap: &mut File, marker: &[u8]) -> Option<Vec<Vec<u8>>> {
         }
     }
     None
+}
+
+/// Writes `frame` into the tap as the guest's NIC would, behind a zeroed
+/// vnet header.
+pub fn write_frame(vm: &mut File, frame: &[u8]) {
+    let mut with_header = vec![0u8; VNET_HDR_LEN];
+    with_header.extend_from_slice(frame);
+    vm.write_all(&with_header).unwrap();
 }
 
 /// An AF_PACKET socket that sees every frame of one interface.

@@ -160,6 +160,52 @@ impl Drop for HostServer {
     }
 }
 
+/// One test's world: a network namespace, a sandbox of okvm containers, a
+/// bridge, subnet and network.conf of its own (`okvmhN`, `10.13N.0.0/24`),
+/// an outside network behind the host, and what teardown must restore.
+/// Fields drop in order: containers first, the namespace last.
+struct Lab {
+    sb: Sandbox,
+    conf: BridgeConf,
+    before: String,
+    _outside: Outside,
+    _ns: TestNetns,
+}
+
+impl Lab {
+    /// `extra`: network.conf lines (masquerade is always on, for the
+    /// outside network).
+    fn new(n: u8, extra: &str) -> Lab {
+        let ns = TestNetns::enter(&format!("okvmh-lab{n}"));
+        let sb = Sandbox::new();
+        let conf = BridgeConf::install(
+            &sb,
+            &format!("okvmh{n}"),
+            &format!("10.{}.0.0/24", 131 + u32::from(n)),
+            &format!("masquerade=yes\n{extra}"),
+        );
+        let outside = Outside::make(&format!("okvmh-out{n}"), &format!("okvmh-o{n}"));
+        let before = snapshot(None, &[&conf.bridge]);
+        Lab {
+            sb,
+            conf,
+            before,
+            _outside: outside,
+            _ns: ns,
+        }
+    }
+
+    /// Deletes the containers and checks that no tap, guard or lease is
+    /// left (the bridge and its policy table stay, as they do on a host).
+    fn finish(&self, ids: &[&String]) {
+        for id in ids {
+            self.sb.invoke(&["delete", "--force", id]).assert_success();
+        }
+        assert_eq!(snapshot(None, &[&self.conf.bridge]), self.before);
+        assert_eq!(self.conf.leases(), vec![]);
+    }
+}
+
 /// Starts a guest and returns its id, bundle and address.
 fn guest(
     sb: &Sandbox,
@@ -179,6 +225,19 @@ fn guest(
     (id, b, addr)
 }
 
+/// A counter of the `Icmp:` lines of /proc/net/snmp (names, then values).
+fn icmp_counter(snmp: &str, name: &str) -> u64 {
+    let mut lines = snmp.lines().map(|l| l.split_whitespace().skip(1));
+    let (Some(names), Some(values)) = (lines.next(), lines.next()) else {
+        panic!("not two Icmp: lines: {snmp:?}");
+    };
+    names
+        .zip(values)
+        .find(|(n, _)| *n == name)
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {snmp:?}"))
+}
+
 fn mac_of(b: &Bundle) -> String {
     marker(b, "mac").trim().to_owned()
 }
@@ -186,22 +245,16 @@ fn mac_of(b: &Bundle) -> String {
 #[test]
 #[ignore = "runs inside the test host (make test-e2e)"]
 fn spoofing_guests_reach_nothing_and_the_honest_ones_are_unaffected() {
-    let _ns = TestNetns::enter("okvmh-spoof");
-    let sb = Sandbox::new();
-    let conf = BridgeConf::install(
-        &sb,
-        "okvmh0",
-        "10.131.0.0/24",
-        &format!("masquerade=yes\nhost-allow=ping,tcp/{HOST_PORT}\n"),
-    );
-    let _outside = Outside::make("okvmh-out0", "okvmh-o0");
+    let lab = Lab::new(0, &format!("host-allow=ping,tcp/{HOST_PORT}\n"));
+    let (sb, conf) = (&lab.sb, &lab.conf);
     let host = HostServer::start(HOST_PORT);
-    let before = snapshot(None, &[&conf.bridge]);
+    // Serving, but not in host-allow.
+    let _not_allowed = HostServer::start(HOST_PORT + 1);
     let gw = conf.gateway;
 
     // The victim: an honest guest with a service.
     let (peer_id, peer_b, peer) = guest(
-        &sb,
+        sb,
         "peer",
         &format!("nc -ll -p {PEER_PORT} -e echo peer & sleep 600"),
         |_| {},
@@ -211,7 +264,7 @@ fn spoofing_guests_reach_nothing_and_the_honest_ones_are_unaffected() {
     let spoofed_ip = Ipv4Addr::new(10, 131, 0, 200);
 
     let (honest_id, honest_b, honest) = guest(
-        &sb,
+        sb,
         "honest",
         &format!(
             "{probes} nc -ll -p {GUEST_PORT} -e echo honest & wait_for go; probe probe; \
@@ -223,7 +276,7 @@ fn spoofing_guests_reach_nothing_and_the_honest_ones_are_unaffected() {
     // Takes the victim's MAC: what it sends would teach the bridge that the
     // victim lives on the attacker's port.
     let (mac_id, mac_b, _) = guest(
-        &sb,
+        sb,
         "mac",
         &format!(
             "{probes} probe before; ip link set dev eth0 address {peer_mac}; \
@@ -234,7 +287,7 @@ fn spoofing_guests_reach_nothing_and_the_honest_ones_are_unaffected() {
     );
     // Takes an address nobody leased.
     let (ip_id, ip_b, _) = guest(
-        &sb,
+        sb,
         "ip",
         &format!(
             "{probes} probe before; ip addr flush dev eth0; ip addr add {spoofed_ip}/24 dev eth0; \
@@ -246,7 +299,7 @@ fn spoofing_guests_reach_nothing_and_the_honest_ones_are_unaffected() {
     // Claims the victim's address over ARP (gratuitous requests and
     // replies, and answering for it), and serves the victim's port itself.
     let (arp_id, arp_b, _) = guest(
-        &sb,
+        sb,
         "arp",
         &format!(
             "{probes} probe before; nc -ll -p {PEER_PORT} -e echo attacker & wait_for go; \
@@ -300,7 +353,7 @@ fn spoofing_guests_reach_nothing_and_the_honest_ones_are_unaffected() {
         !neigh.contains("lladdr"),
         "the host learnt the spoofed address: {neigh}"
     );
-    let peer_tap = okvm_tap_name(&sb, &peer_id);
+    let peer_tap = okvm_tap_name(sb, &peer_id);
     let (_, fdb) = sh(&format!("bridge fdb show br {}", conf.bridge));
     for line in fdb.lines().filter(|l| l.contains(&peer_mac)) {
         assert!(
@@ -317,36 +370,24 @@ fn spoofing_guests_reach_nothing_and_the_honest_ones_are_unaffected() {
     assert_eq!(marker(&honest_b, "closed"), "tcp-host-not-allowed fail\n");
     assert_eq!(tcp_read(SocketAddr::from((honest, GUEST_PORT))), "honest\n");
 
-    // Teardown, one sandbox after SIGKILL: no tap, guard or lease is left.
-    kill_sandbox(&sb, &mac_id);
-    for id in [&peer_id, &honest_id, &mac_id, &ip_id, &arp_id] {
-        sb.invoke(&["delete", "--force", id]).assert_success();
-    }
-    assert_eq!(snapshot(None, &[&conf.bridge]), before);
-    assert_eq!(conf.leases(), vec![]);
+    // One sandbox is SIGKILLed first: its guard goes all the same.
+    kill_sandbox(sb, &mac_id);
+    lab.finish(&[&peer_id, &honest_id, &mac_id, &ip_id, &arp_id]);
 }
 
 #[test]
 #[ignore = "runs inside the test host (make test-e2e)"]
 fn guests_reach_the_host_only_with_replies_and_dns_unless_allowed() {
-    let _ns = TestNetns::enter("okvmh-reach");
-    let sb = Sandbox::new();
     // The host is the guests' DNS server here; nothing else of it is allowed.
-    let conf = BridgeConf::install(
-        &sb,
-        "okvmh1",
-        "10.132.0.0/24",
-        "masquerade=yes\ndns=10.132.0.1\n",
-    );
-    let _outside = Outside::make("okvmh-out1", "okvmh-o1");
+    let lab = Lab::new(1, "dns=10.132.0.1\n");
+    let (sb, conf) = (&lab.sb, &lab.conf);
     let host = HostServer::start(HOST_PORT);
     let dns = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 53)).unwrap();
     dns.set_read_timeout(Some(LIMIT)).unwrap();
-    let before = snapshot(None, &[&conf.bridge]);
     let gw = conf.gateway;
 
     let (peer_id, _, peer) = guest(
-        &sb,
+        sb,
         "peer",
         &format!("nc -ll -p {PEER_PORT} -e echo peer & sleep 600"),
         |_| {},
@@ -365,7 +406,7 @@ fn guests_reach_the_host_only_with_replies_and_dns_unless_allowed() {
     );
     let probes = probe_functions(gw, peer);
     let (id, b, addr) = guest(
-        &sb,
+        sb,
         "guest",
         &format!(
             "{probes} nc -ll -p {GUEST_PORT} -e echo guest & \
@@ -393,7 +434,11 @@ fn guests_reach_the_host_only_with_replies_and_dns_unless_allowed() {
         ping6.contains("1 packets transmitted, 0 packets received"),
         "{ping6}"
     );
-    assert_eq!(host.peers(), Vec::<Ipv4Addr>::new(), "the host accepted a guest's connection");
+    assert_eq!(
+        host.peers(),
+        Vec::<Ipv4Addr>::new(),
+        "the host accepted a guest's connection"
+    );
     // DNS to the host is let through, and replies to the host's own
     // connections are.
     let mut query = [0u8; 512];
@@ -402,48 +447,38 @@ fn guests_reach_the_host_only_with_replies_and_dns_unless_allowed() {
         .expect("the guest's DNS query never reached the host");
     assert_eq!(from.ip(), addr);
     assert_eq!(tcp_read(SocketAddr::from((addr, GUEST_PORT))), "guest\n");
-
-    for id in [&peer_id, &id] {
-        sb.invoke(&["delete", "--force", id]).assert_success();
-    }
-    assert_eq!(snapshot(None, &[&conf.bridge]), before);
-    assert_eq!(conf.leases(), vec![]);
+    lab.finish(&[&peer_id, &id]);
 }
 
 #[test]
 #[ignore = "runs inside the test host (make test-e2e)"]
 fn guest_to_guest_off_keeps_guests_apart_even_through_the_host() {
-    let _ns = TestNetns::enter("okvmh-apart");
-    let sb = Sandbox::new();
-    let conf = BridgeConf::install(
-        &sb,
-        "okvmh2",
-        "10.133.0.0/24",
-        "masquerade=yes\nguest-to-guest=no\nhost-allow=ping\n",
-    );
-    let _outside = Outside::make("okvmh-out2", "okvmh-o2");
-    let before = snapshot(None, &[&conf.bridge]);
+    let lab = Lab::new(2, "guest-to-guest=no\nhost-allow=ping\n");
+    let (sb, conf) = (&lab.sb, &lab.conf);
     let gw = conf.gateway;
 
-    let (peer_id, _, peer) = guest(
-        &sb,
+    // Counts the pings that reach it: through the host, a guest's echo
+    // request would arrive even though the reply cannot go back.
+    let (peer_id, peer_b, peer) = guest(
+        sb,
         "peer",
         &format!(
-            "nc -ll -p {PEER_PORT} -e echo peer & nc -ll -p {GUEST_PORT} -e echo peer-for-host & sleep 600"
+            "nc -ll -p {PEER_PORT} -e echo peer & nc -ll -p {GUEST_PORT} -e echo peer-for-host & \
+             until [ -e /done ]; do sleep 0.2; done; grep '^Icmp:' /proc/net/snmp | put icmp; sleep 600"
         ),
         |_| {},
     );
     let probes = probe_functions(gw, peer);
     // Straight over the bridge, then through the host's routing.
     let (id, b, addr) = guest(
-        &sb,
+        sb,
         "guest",
         &format!(
             "{probes} nc -ll -p {GUEST_PORT} -e echo guest & \
              {{ echo \"ping-peer $(ok ping -c 1 -W 3 {peer})\"; \
                 echo \"tcp-peer $(tcp {peer} {PEER_PORT})\"; \
                 ip route add {peer}/32 via {gw}; \
-                echo \"ping-peer-through-host $(ok ping -c 1 -W 3 {peer})\"; \
+                echo \"ping-peer-through-host $(ok ping -c 3 -W 3 {peer})\"; \
                 echo \"tcp-peer-through-host $(tcp {peer} {PEER_PORT})\"; \
                 echo \"ping-host $(ok ping -c 1 -W 3 {gw})\"; \
                 echo \"tcp-outside $(tcp {OUTSIDE} {OUTSIDE_PORT})\"; }} | put probe; sleep 600"
@@ -455,6 +490,12 @@ fn guest_to_guest_off_keeps_guests_apart_even_through_the_host() {
         "ping-peer fail\ntcp-peer fail\nping-peer-through-host fail\ntcp-peer-through-host fail\n\
          ping-host ok\ntcp-outside outside\n"
     );
+    peer_b.put_marker("done");
+    assert_eq!(
+        icmp_counter(&marker(&peer_b, "icmp"), "InEchos"),
+        0,
+        "a guest's ping reached the other guest"
+    );
     // The host still reaches both, and the bridge says why they do not
     // reach each other.
     assert_eq!(tcp_read(SocketAddr::from((addr, GUEST_PORT))), "guest\n");
@@ -463,14 +504,9 @@ fn guest_to_guest_off_keeps_guests_apart_even_through_the_host() {
         "peer-for-host\n"
     );
     for guest_id in [&peer_id, &id] {
-        let tap = okvm_tap_name(&sb, guest_id);
+        let tap = okvm_tap_name(sb, guest_id);
         let (ok, link) = sh(&format!("bridge -d link show dev {tap}"));
         assert!(ok && link.contains("isolated on"), "{link}");
     }
-
-    for id in [&peer_id, &id] {
-        sb.invoke(&["delete", "--force", id]).assert_success();
-    }
-    assert_eq!(snapshot(None, &[&conf.bridge]), before);
-    assert_eq!(conf.leases(), vec![]);
+    lab.finish(&[&peer_id, &id]);
 }
