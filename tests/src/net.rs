@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::oci::{state_pid, Bundle, Sandbox};
+use crate::oci::{state_pid, Bundle, HostProcess, Sandbox};
 
 pub const LIMIT: Duration = Duration::from_secs(180);
 
@@ -212,9 +212,15 @@ pub fn ping(addr: Ipv4Addr) {
     assert!(ok, "ping {addr}: {out}");
 }
 
+/// SIGKILLs the sandbox process of `id`, as a crash would, and waits until
+/// it is gone: the signal is delivered at once, but a VMM takes a moment to
+/// exit, and until it has, `delete` (without --force) rightly says the
+/// container is running.
 pub fn kill_sandbox(sb: &Sandbox, id: &str) {
     let pid = state_pid(&sb.state(id));
+    let sandbox = HostProcess::find(pid).expect("the sandbox process is running");
     assert!(sh(&format!("kill -9 {pid}")).0);
+    sandbox.wait_gone();
 }
 
 /// The bridge-mode tap okvm made for `id`, from its record.
