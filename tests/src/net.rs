@@ -59,7 +59,7 @@ pub fn sh(script: &str) -> (bool, String) {
 
 /// A bridge-mode configuration private to one test: its own bridge, subnet
 /// and lease file, named by `OKVM_NETWORK_CONF` for the okvm processes the
-/// test starts.
+/// test starts, until it is dropped.
 pub struct BridgeConf {
     pub leases: PathBuf,
     pub bridge: String,
@@ -103,6 +103,14 @@ impl BridgeConf {
                 )
             })
             .collect()
+    }
+}
+
+impl Drop for BridgeConf {
+    fn drop(&mut self) {
+        // The file goes with the test's work directory: a later test of the
+        // same process must fall back to the defaults, not fail to read it.
+        std::env::remove_var("OKVM_NETWORK_CONF");
     }
 }
 
