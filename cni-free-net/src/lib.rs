@@ -5,13 +5,14 @@
 //! declarative rules that decide which bridge an interface joins ([`rules`]),
 //! and interface-name validation ([`ifname`]). And the rtnetlink/tc layer
 //! ([`netlink`]) that makes taps and bridges, mirrors an engine's veth, and
-//! configures the guest's NIC, whose tests need CAP_NET_ADMIN; with the `nat`
-//! feature, the optional outbound masquerade of a bridge's subnet ([`nat`]).
+//! configures the guest's NIC, whose tests need CAP_NET_ADMIN; and the packet
+//! filters of bridge mode ([`filter`]: per-tap anti-spoofing, what guests may
+//! reach on the host, the optional masquerade), which the `nftables` feature
+//! writes to the kernel.
 
 pub mod alloc;
+pub mod filter;
 pub mod ifname;
-#[cfg(feature = "nat")]
-pub mod nat;
 pub mod net;
 pub mod netlink;
 pub mod rules;

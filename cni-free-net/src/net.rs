@@ -151,15 +151,19 @@ pub(crate) fn parse_cidr<A: FromStr>(
     let (addr, prefix) = s.split_once('/').ok_or(CidrSyntax::NotCidr)?;
     let addr: A = addr.parse().map_err(|_| CidrSyntax::BadAddress(addr))?;
     let max = max_prefix_len(&addr);
-    // u8::from_str accepts a leading '+', which is not CIDR.
-    let prefix_len = prefix
-        .bytes()
-        .all(|b| b.is_ascii_digit())
-        .then(|| prefix.parse::<u8>().ok())
-        .flatten()
+    let prefix_len = parse_digits::<u8>(prefix)
         .filter(|p| *p <= max)
         .ok_or(CidrSyntax::BadPrefix(prefix, max))?;
     Ok((addr, prefix_len))
+}
+
+/// A number written in decimal digits only: the integer types' `from_str`
+/// also takes a leading '+', which no config file means.
+pub(crate) fn parse_digits<T: FromStr>(s: &str) -> Option<T> {
+    s.bytes()
+        .all(|b| b.is_ascii_digit())
+        .then(|| s.parse().ok())
+        .flatten()
 }
 
 #[cfg(test)]

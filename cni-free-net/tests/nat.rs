@@ -14,7 +14,8 @@ use std::os::fd::AsFd;
 use std::process::Command;
 use std::time::Duration;
 
-use cni_free_net::nat::{ensure_masquerade, remove_masquerade, table_name};
+use cni_free_net::filter::policy::table_name;
+use cni_free_net::filter::BridgePolicy;
 use cni_free_net::{IfName, Ipv4Net};
 
 const OUTSIDE_ADDR: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
@@ -109,6 +110,22 @@ impl Drop for Topology {
     }
 }
 
+/// What `masquerade=yes` makes for `bridge`, with nothing else asked for.
+fn ensure_masquerade(
+    bridge: &IfName,
+    subnet: Ipv4Net,
+) -> Result<(), cni_free_net::filter::FilterError> {
+    BridgePolicy {
+        bridge: bridge.clone(),
+        subnet,
+        host_allow: vec![],
+        dns: vec![],
+        guest_to_guest: true,
+        masquerade: true,
+    }
+    .apply()
+}
+
 fn missing_root() -> bool {
     if nix::unistd::Uid::effective().is_root() && sh("ip -V").0 {
         return false;
@@ -147,11 +164,11 @@ fn masquerade_lets_the_subnet_out_from_the_hosts_address_and_goes_away() {
     assert_eq!(forwarding.trim(), "1");
 
     let b = bridge.clone();
-    t.on("h", move || remove_masquerade(&b)).unwrap();
+    t.on("h", move || BridgePolicy::remove(&b)).unwrap();
     assert_eq!(t.guest_to_outside(), None);
     // Removing what is not there is fine.
     let b = bridge.clone();
-    t.on("h", move || remove_masquerade(&b)).unwrap();
+    t.on("h", move || BridgePolicy::remove(&b)).unwrap();
     assert_eq!(table_name(&bridge), "okvm-okvmnat0");
 }
 

@@ -1,5 +1,6 @@
 //! Helpers for tests that drive okvm's binaries as a user would.
 
+pub mod net;
 pub mod oci;
 
 use std::path::PathBuf;

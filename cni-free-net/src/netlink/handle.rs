@@ -13,7 +13,8 @@ use netlink_packet_route::address::{
     AddressAttribute, AddressHeaderFlags, AddressMessage, AddressScope,
 };
 use netlink_packet_route::link::{
-    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+    InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth, LinkAttribute,
+    LinkFlags, LinkInfo, LinkMessage,
 };
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
@@ -55,6 +56,9 @@ pub struct Link {
     pub kind: Option<String>,
     /// The index of the bridge (or bond) it is a port of.
     pub master: Option<u32>,
+    /// A bridge port whose frames the bridge forwards to no other isolated
+    /// port ([`Handle::set_port_isolated`]).
+    pub port_isolated: bool,
 }
 
 /// A route of the main table.
@@ -193,6 +197,28 @@ impl Handle {
                 Some(m) => format!("attach {name} to {}", h.name_of(m)),
                 None => format!("detach {name} from its bridge"),
             }
+        })
+    }
+
+    /// Isolates bridge port `index` (IFLA_BRPORT_ISOLATED): the bridge
+    /// forwards nothing between two isolated ports, while both still reach
+    /// the bridge itself and the non-isolated ports.
+    pub fn set_port_isolated(&mut self, index: u32, isolated: bool) -> Result<()> {
+        // Port settings travel as the port's link info in a NEWLINK without
+        // NLM_F_CREATE; SETLINK ignores them.
+        let request = link_attr(
+            index,
+            LinkAttribute::LinkInfo(vec![
+                LinkInfo::PortKind(InfoPortKind::Bridge),
+                LinkInfo::PortData(InfoPortData::BridgePort(vec![InfoBridgePort::Isolated(
+                    isolated,
+                )])),
+            ]),
+        );
+        self.request(RouteNetlinkMessage::NewLink(request), 0, |h| {
+            let name = h.name_of(index);
+            let what = if isolated { "isolate" } else { "un-isolate" };
+            format!("{what} bridge port {name}")
         })
     }
 
@@ -573,6 +599,7 @@ fn link_of(message: RouteNetlinkMessage) -> Option<Link> {
         up: message.header.flags.contains(LinkFlags::Up),
         kind: None,
         master: None,
+        port_isolated: false,
     };
     for attr in message.attributes {
         match attr {
@@ -581,10 +608,15 @@ fn link_of(message: RouteNetlinkMessage) -> Option<Link> {
             LinkAttribute::Mtu(m) => link.mtu = m,
             LinkAttribute::Controller(m) if m != 0 => link.master = Some(m),
             LinkAttribute::LinkInfo(infos) => {
-                link.kind = infos.into_iter().find_map(|i| match i {
-                    LinkInfo::Kind(k) => Some(k.to_string()),
-                    _ => None,
-                });
+                for info in infos {
+                    match info {
+                        LinkInfo::Kind(k) => link.kind = Some(k.to_string()),
+                        LinkInfo::PortData(InfoPortData::BridgePort(port)) => {
+                            link.port_isolated = port.contains(&InfoBridgePort::Isolated(true));
+                        }
+                        _ => {}
+                    }
+                }
             }
             _ => {}
         }

@@ -45,6 +45,7 @@ use netlink_packet_route::address::AddressHeaderFlags;
 
 pub use config::{CidrParseError, InterfaceConfig, IpCidr, Route};
 pub use error::{NetlinkError, Result};
+pub(crate) use handle::format_mac;
 pub use handle::{Handle, Link, RouteEntry, RTPROT_BOOT, RTPROT_KERNEL, RTPROT_RA};
 pub use tap::{create_persistent_tap, TAP_FLAGS};
 pub use tc::{Filter, Qdisc, INGRESS_HANDLE, INGRESS_PARENT};

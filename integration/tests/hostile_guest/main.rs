@@ -7,6 +7,7 @@
 //! One module per channel to the host; each runs inside the test host
 //! (`integration/run-suite hostile_guest`, part of `make test`).
 mod annotations;
+mod bridge;
 mod deadlines;
 mod readonly;
 mod share;

@@ -9,12 +9,15 @@
 //! rules=/etc/okvm/bridge.rules         # which bridge a tap joins
 //! dns=192.0.2.53,192.0.2.54            # default: the host's non-loopback nameservers
 //! masquerade=no                        # yes: guests reach beyond the host (nftables)
+//! host-allow=                          # e.g. ping,tcp/22,udp/5353: more than replies and DNS
+//! guest-to-guest=yes                   # no: guests on the bridge cannot reach each other
 //! ```
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _};
+use cni_free_net::filter::HostService;
 use cni_free_net::{Ipv4Net, Rules};
 
 pub const DEFAULT_PATH: &str = "/etc/okvm/network.conf";
@@ -31,6 +34,11 @@ pub struct Conf {
     pub dns: Option<Vec<IpAddr>>,
     /// Masquerade the subnet's traffic that leaves it (off unless asked).
     pub masquerade: bool,
+    /// What guests may reach on the host itself besides replies to the
+    /// host's own connections and DNS (nothing unless asked).
+    pub host_allow: Vec<HostService>,
+    /// Guests on the bridge reach each other (on unless turned off).
+    pub guest_to_guest: bool,
 }
 
 impl Default for Conf {
@@ -42,6 +50,8 @@ impl Default for Conf {
             rules: None,
             dns: None,
             masquerade: false,
+            host_allow: Vec::new(),
+            guest_to_guest: true,
         }
     }
 }
@@ -99,15 +109,20 @@ impl Conf {
                         .with_context(|| format!("line {}: dns {value:?}", n + 1))?;
                     conf.dns = Some(servers);
                 }
-                "masquerade" => {
-                    conf.masquerade = match value {
-                        "yes" | "true" | "1" => true,
-                        "no" | "false" | "0" => false,
-                        _ => bail!("line {}: masquerade must be yes or no, not {value:?}", n + 1),
+                "masquerade" => conf.masquerade = yes_or_no(n, key, value)?,
+                "guest-to-guest" => conf.guest_to_guest = yes_or_no(n, key, value)?,
+                "host-allow" => {
+                    conf.host_allow = match value {
+                        "" | "none" => Vec::new(),
+                        _ => value
+                            .split(',')
+                            .map(|s| s.trim().parse::<HostService>())
+                            .collect::<Result<_, _>>()
+                            .with_context(|| format!("line {}: host-allow", n + 1))?,
                     }
                 }
                 other => bail!(
-                    "line {}: unknown key {other:?} (known: bridge, subnet, leases, rules, dns, masquerade)",
+                    "line {}: unknown key {other:?} (known: bridge, subnet, leases, rules, dns, masquerade, host-allow, guest-to-guest)",
                     n + 1
                 ),
             }
@@ -136,36 +151,56 @@ impl Conf {
         ))?)
     }
 
-    /// The guest's resolv.conf: the configured servers, else the host's own
-    /// minus loopback ones (a stub resolver on the host's 127.0.0.53 is not
-    /// reachable from a guest), with the host's search and options lines.
-    pub fn resolv_conf(&self) -> String {
+    /// What guests are told about name resolution.
+    pub fn guest_dns(&self) -> GuestDns {
         let host = std::fs::read_to_string(HOST_RESOLV_CONF).unwrap_or_default();
-        resolv_conf(&host, self.dns.as_deref())
+        guest_dns(&host, self.dns.as_deref())
     }
 }
 
-fn resolv_conf(host: &str, dns: Option<&[IpAddr]>) -> String {
-    let mut out = String::new();
+/// Name resolution as a bridge-mode guest sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestDns {
+    /// The configured servers, else the host's own minus loopback ones (a
+    /// stub resolver on the host's 127.0.0.53 is not reachable from a guest).
+    pub servers: Vec<IpAddr>,
+    /// The guest's resolv.conf: the host's search and options lines, then
+    /// the servers.
+    pub resolv_conf: String,
+}
+
+fn yes_or_no(n: usize, key: &str, value: &str) -> anyhow::Result<bool> {
+    match value {
+        "yes" | "true" | "1" => Ok(true),
+        "no" | "false" | "0" => Ok(false),
+        _ => bail!("line {}: {key} must be yes or no, not {value:?}", n + 1),
+    }
+}
+
+fn guest_dns(host: &str, dns: Option<&[IpAddr]>) -> GuestDns {
+    let mut resolv_conf = String::new();
+    let mut host_servers = Vec::new();
     for line in host.lines() {
         let mut words = line.split_whitespace();
         match (words.next(), words.next()) {
             (Some("search" | "domain" | "options"), _) => {
-                out.push_str(line.trim());
-                out.push('\n');
+                resolv_conf.push_str(line.trim());
+                resolv_conf.push('\n');
             }
-            (Some("nameserver"), Some(addr))
-                if dns.is_none() && addr.parse::<IpAddr>().is_ok_and(|a| !a.is_loopback()) =>
-            {
-                out.push_str(&format!("nameserver {addr}\n"));
+            (Some("nameserver"), Some(addr)) => {
+                host_servers.extend(addr.parse::<IpAddr>().ok().filter(|a| !a.is_loopback()))
             }
             _ => {}
         }
     }
-    for server in dns.unwrap_or_default() {
-        out.push_str(&format!("nameserver {server}\n"));
+    let servers = dns.map_or(host_servers, <[IpAddr]>::to_vec);
+    for server in &servers {
+        resolv_conf.push_str(&format!("nameserver {server}\n"));
     }
-    out
+    GuestDns {
+        servers,
+        resolv_conf,
+    }
 }
 
 #[cfg(test)]
@@ -179,13 +214,16 @@ mod tests {
         assert_eq!(c.subnet.to_string(), "10.87.0.0/24");
         assert_eq!(c.leases, Path::new("/var/lib/okvm/network/okvm0.leases"));
         assert!(!c.masquerade);
+        assert_eq!(c.host_allow, []);
+        assert!(c.guest_to_guest);
         assert!(c.rules().unwrap().bridge_for("okt0123456789ab") == Some("okvm0"));
     }
 
     #[test]
     fn keys_override_and_the_lease_file_follows_the_bridge() {
         let c = Conf::parse(
-            "# mine\nbridge = br9\nsubnet=10.9.9.0/24 # lab\ndns=192.0.2.1, 192.0.2.2\nmasquerade=yes\n",
+            "# mine\nbridge = br9\nsubnet=10.9.9.0/24 # lab\ndns=192.0.2.1, 192.0.2.2\nmasquerade=yes\n\
+             host-allow=ping, tcp/22,udp/5353\nguest-to-guest=no\n",
         )
         .unwrap();
         assert_eq!(c.bridge, "br9");
@@ -193,6 +231,18 @@ mod tests {
         assert_eq!(c.leases, Path::new("/var/lib/okvm/network/br9.leases"));
         assert_eq!(c.dns.as_ref().unwrap().len(), 2);
         assert!(c.masquerade);
+        assert_eq!(
+            c.host_allow,
+            [
+                HostService::Ping,
+                HostService::Tcp(22),
+                HostService::Udp(5353)
+            ]
+        );
+        assert!(!c.guest_to_guest);
+        for nothing in ["host-allow=", "host-allow=none"] {
+            assert_eq!(Conf::parse(nothing).unwrap().host_allow, []);
+        }
     }
 
     #[test]
@@ -202,7 +252,13 @@ mod tests {
             ("colour=blue", "unknown key \"colour\""),
             ("bridge", "expected key=value"),
             ("dns=not-an-ip", "dns"),
-            ("masquerade=maybe", "yes or no"),
+            ("masquerade=maybe", "masquerade must be yes or no"),
+            ("guest-to-guest=off", "guest-to-guest must be yes or no"),
+            (
+                "host-allow=tcp/22,ssh",
+                "\"ssh\" is not ping, tcp/PORT or udp/PORT",
+            ),
+            ("host-allow=udp/0", "1 to 65535"),
             ("bridge=a-name-far-too-long-for-linux", "bridge"),
         ] {
             let e = format!("{:#}", Conf::parse(text).unwrap_err());
@@ -212,16 +268,20 @@ mod tests {
     }
 
     #[test]
-    fn guest_resolv_conf_drops_loopback_servers_and_keeps_search() {
+    fn guest_dns_drops_loopback_servers_and_keeps_search() {
         let host =
             "nameserver 127.0.0.53\nnameserver 192.0.2.7\nsearch lab.example\noptions edns0\n";
+        let from_host = guest_dns(host, None);
+        assert_eq!(from_host.servers, ["192.0.2.7".parse::<IpAddr>().unwrap()]);
         assert_eq!(
-            resolv_conf(host, None),
-            "nameserver 192.0.2.7\nsearch lab.example\noptions edns0\n"
+            from_host.resolv_conf,
+            "search lab.example\noptions edns0\nnameserver 192.0.2.7\n"
         );
         let mine = ["198.51.100.1".parse().unwrap()];
+        let configured = guest_dns(host, Some(&mine));
+        assert_eq!(configured.servers, mine);
         assert_eq!(
-            resolv_conf(host, Some(&mine)),
+            configured.resolv_conf,
             "search lab.example\noptions edns0\nnameserver 198.51.100.1\n"
         );
     }

@@ -9,7 +9,10 @@
 //!   peers see the container where they expect it.
 //! - **Bridge**: no namespace path (plain `ctr run`) or `io.okvm.network=bridge`.
 //!   The tap joins the host's okvm bridge ([`conf::Conf`]) through the attach
-//!   rules, and the guest gets an address from the per-host lease file.
+//!   rules, and the guest gets an address from the per-host lease file. The
+//!   tap is guarded (the guest sends only from its own MAC and address) and
+//!   the bridge's policy says what guests reach on the host and of each
+//!   other ([`cni_free_net::filter`]).
 //! - **Loopback**: the engine's namespace has only `lo` (`--network none`), or
 //!   `io.okvm.network=none`: the guest gets no NIC.
 //!
@@ -19,11 +22,12 @@
 pub mod conf;
 
 use std::fs::File;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _};
+use cni_free_net::filter::{BridgePolicy, TapGuard};
 use cni_free_net::netlink::{self, Handle};
 use cni_free_net::{Allocator, IfName, InterfaceConfig, IpCidr, Route};
 use nix::sched::CloneFlags;
@@ -94,6 +98,9 @@ pub struct Record {
     /// None for the namespace `okvm` runs in.
     pub netns: Option<PathBuf>,
     pub tap: Option<String>,
+    /// The tap has an anti-spoofing guard (nftables table `netdev okvm-<tap>`).
+    #[serde(default)]
+    pub guard: bool,
     /// The engine's veth that mirrors the tap.
     pub veth: Option<String>,
     /// The lease file, its subnet, and the owner holding an address in it.
@@ -195,6 +202,7 @@ fn bridge(id: &str, dir: &Path) -> anyhow::Result<Setup> {
     let allocator = Allocator::open(&conf.leases, conf.subnet)?;
     Record {
         tap: Some(tap.clone()),
+        guard: true,
         leases: Some(conf.leases.clone()),
         subnet: Some(conf.subnet.to_string()),
         owner: Some(id.to_owned()),
@@ -219,9 +227,6 @@ fn bridge(id: &str, dir: &Path) -> anyhow::Result<Setup> {
             IpCidr::new(gateway.into(), conf.subnet.prefix_len()),
         )?;
     }
-    if conf.masquerade {
-        cni_free_net::nat::ensure_masquerade(&IfName::new(&conf.bridge)?, conf.subnet)?;
-    }
     // A bridge of the user's own (another rule's) must exist already.
     let Some(bridge_link) = h.link_by_name(&bridge)? else {
         bail!(
@@ -229,10 +234,33 @@ fn bridge(id: &str, dir: &Path) -> anyhow::Result<Setup> {
             conf.rules_path().display()
         );
     };
+    let dns = conf.guest_dns();
+    BridgePolicy {
+        bridge: IfName::new(&bridge)?,
+        subnet: conf.subnet,
+        host_allow: conf.host_allow.clone(),
+        dns: dns
+            .servers
+            .iter()
+            .filter_map(|a| match a {
+                IpAddr::V4(v4) => Some(*v4),
+                IpAddr::V6(_) => None,
+            })
+            .collect(),
+        guest_to_guest: conf.guest_to_guest,
+        masquerade: conf.masquerade,
+    }
+    .apply()?;
     let (bridge_index, mtu) = (bridge_link.index, bridge_link.mtu);
     let tap_index = make_tap(&mut h, &tap, mtu)?;
-    h.set_master(tap_index, Some(bridge_index))?;
     let mac = guest_mac(id);
+    // Guarded before it joins the bridge: no frame of the guest's is ever
+    // bridged unchecked.
+    guard(&tap, mac, addr)?;
+    h.set_master(tap_index, Some(bridge_index))?;
+    if !conf.guest_to_guest {
+        h.set_port_isolated(tap_index, true)?;
+    }
     let guest = InterfaceConfig {
         mac,
         mtu,
@@ -243,13 +271,23 @@ fn bridge(id: &str, dir: &Path) -> anyhow::Result<Setup> {
         }],
     };
     let resolv = dir.join("resolv.conf");
-    std::fs::write(&resolv, conf.resolv_conf())
+    std::fs::write(&resolv, dns.resolv_conf)
         .with_context(|| format!("cannot write {}", resolv.display()))?;
     Ok(Setup {
         nic: Some(okvm_vmm::vm::NetConfig { tap, mac }),
         guest: vec![guest],
         resolv_conf: Some(resolv),
     })
+}
+
+fn guard(tap: &str, mac: [u8; 6], addr: Ipv4Addr) -> anyhow::Result<()> {
+    TapGuard {
+        tap: IfName::new(tap)?,
+        mac,
+        addr,
+    }
+    .install()?;
+    Ok(())
 }
 
 /// A persistent tap, owned by the networking layer (the VMM only attaches
@@ -282,6 +320,7 @@ pub fn teardown(dir: &Path) {
             log::warn!("cannot release the address of {owner}: {e:#}");
         }
     }
+    let guarded_tap = record.tap.clone().filter(|_| record.guard);
     let links = move || -> anyhow::Result<()> {
         if let Some(netns) = &record.netns {
             let Ok(ns) = File::open(netns) else {
@@ -314,6 +353,16 @@ pub fn teardown(dir: &Path) {
         Ok(Ok(())) => {}
         Ok(Err(e)) => log::warn!("cannot remove the sandbox's network: {e:#}"),
         Err(_) => log::warn!("cannot remove the sandbox's network: the thread panicked"),
+    }
+    // After the tap: a guest's frames are never bridged unguarded. Bridge
+    // mode only, so in this namespace.
+    if let Some(tap) = guarded_tap {
+        let removed = IfName::new(&tap)
+            .map_err(anyhow::Error::from)
+            .and_then(|tap| Ok(TapGuard::remove(&tap)?));
+        if let Err(e) = removed {
+            log::warn!("cannot remove the anti-spoofing guard of {tap}: {e:#}");
+        }
     }
 }
 

@@ -84,8 +84,12 @@ fn a_record_round_trips_and_a_missing_one_is_nothing_to_undo() {
     teardown(dir.path());
     let r = Record {
         tap: Some("okt000000000001".into()),
+        guard: true,
         ..Record::default()
     };
     r.save(dir.path()).unwrap();
     assert_eq!(Record::load(dir.path()), Some(r));
+    // A record from before taps were guarded has nothing to unguard.
+    std::fs::write(dir.path().join(RECORD), r#"{"tap":"okt000000000001"}"#).unwrap();
+    assert!(!Record::load(dir.path()).unwrap().guard);
 }
