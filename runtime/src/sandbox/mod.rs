@@ -319,15 +319,15 @@ fn accept_ready(
 
 /// The console's last lines, for an error message.
 fn console_tail(path: &Path) -> String {
-    let mut s = String::new();
-    if let Ok(mut f) = std::fs::File::open(path) {
-        let _ = f.read_to_string(&mut s);
-    }
-    let lines: Vec<&str> = s.lines().rev().take(5).collect();
+    let lines = crate::logger::last_lines(path, 5);
     if lines.is_empty() {
         return String::new();
     }
-    let lines: Vec<&str> = lines.into_iter().rev().collect();
+    // Guest output: quoted, so it cannot forge lines of the log it lands in.
+    let lines: Vec<String> = lines
+        .iter()
+        .map(|l| okvm_vmm::ratelimit::quote(l).to_string())
+        .collect();
     format!(" (guest console: {})", lines.join(" | "))
 }
 

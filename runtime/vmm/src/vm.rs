@@ -1,7 +1,6 @@
 //! One microVM: KVM VM and vCPU set-up, the legacy devices, and the run loop.
 //! Driven by one plain [`VmConfig`].
 
-use std::fs::File;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -131,10 +130,14 @@ pub fn run(config: &VmConfig) -> Result<Exit, Error> {
     let sink: Box<dyn Write + Send> = match &config.console {
         Console::Stdout => Box::new(std::io::stdout()),
         Console::Off => Box::new(std::io::sink()),
-        Console::File(path) => Box::new(File::create(path).map_err(|err| Error::Console {
-            path: path.clone(),
-            err,
-        })?),
+        Console::File(path) => {
+            Box::new(
+                console::CappedFile::create(path).map_err(|err| Error::Console {
+                    path: path.clone(),
+                    err,
+                })?,
+            )
+        }
     };
     let (console, panic_note) = console::Watched::new(sink);
 
