@@ -76,4 +76,3 @@ pub fn assert_nothing_left() {
         sh("pgrep -a -f '[o]kvm-internal|[v]irtiofsd' || true; ls /run/okvm 2>/dev/null || true");
     assert_eq!(stdout(&out).trim(), "", "left behind: {out:?}");
 }
-

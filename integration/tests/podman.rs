@@ -6,9 +6,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use okvm_integration::podman::{
-    assert_nothing_left, run, setup, sh, stdout, wait_for_log, IMAGE,
-};
+use okvm_integration::podman::{assert_nothing_left, run, setup, sh, stdout, wait_for_log, IMAGE};
 use okvm_integration::{assert_guest_kernel, repo_root, text};
 
 #[test]
