@@ -14,6 +14,7 @@ use okvm_protocol::{
     write_message, Event, FrameReader, Kind, ReadError, Request, RequestBody, Response,
     ResponseBody,
 };
+use okvm_vmm::ratelimit::quote;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -73,6 +74,15 @@ pub fn connect(uds: &Path, port: u32) -> Result<UnixStream, Error> {
     }
     s.set_read_timeout(None).map_err(cerr)?;
     Ok(s)
+}
+
+/// An answer the caller has no use for, as the text of its error: quoted,
+/// since the guest chose it (it may be as large as a frame).
+pub fn unexpected(request: &str, body: &ResponseBody) -> String {
+    format!(
+        "unexpected answer from the guest to {request}: {}",
+        quote(&format!("{body:?}"))
+    )
 }
 
 /// How long the VMM may take to accept a connection to a guest port.
@@ -158,7 +168,11 @@ impl Client {
             container: self.container.clone(),
         };
         write_message(&mut self.writer, Kind::Request, &req)?;
-        let resp: Response = self.reader.read(Kind::Response)?;
+        let mut resp: Response = self.reader.read(Kind::Response)?;
+        // The guest words its errors, and they reach logs and users.
+        if let ResponseBody::Error { message } = &mut resp.body {
+            *message = quote(message).to_string();
+        }
         if resp.id != id {
             return Err(Error::OutOfOrder {
                 want: id,

@@ -42,7 +42,7 @@ fn ask(address: &Address) -> anyhow::Result<GuestStats> {
     match client.request(RequestBody::Stats)? {
         ResponseBody::Stats(stats) => Ok(stats),
         ResponseBody::Error { message } => Err(anyhow!("{message}")),
-        other => bail!("unexpected answer from the guest to stats: {other:?}"),
+        other => bail!(crate::guest::unexpected("stats", &other)),
     }
 }
 

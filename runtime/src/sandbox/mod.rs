@@ -173,7 +173,10 @@ fn prepare(args: &Args) -> anyhow::Result<Running> {
         &share,
         &dir.join(FS_SOCKET),
         &dir.join("virtiofsd.log"),
+        plan.mem_mib,
     )?;
+    // After virtiofsd started: it sets its own limit.
+    okvm_vmm::vm::limit_open_files().context("cannot limit the sandbox's open files")?;
     let procs = Procs {
         sandbox: Some(Proc::me()),
         helpers: Proc::of(virtiofsd.pid() as i32).into_iter().collect(),
@@ -240,7 +243,7 @@ fn prepare(args: &Args) -> anyhow::Result<Running> {
     {
         ResponseBody::Done => {}
         ResponseBody::Error { message } => bail!("cannot configure the guest's network: {message}"),
-        other => bail!("unexpected answer from the guest to the network settings: {other:?}"),
+        other => bail!(crate::guest::unexpected("the network settings", &other)),
     }
     let (guest_pid, attached) = create_in_guest(&mut client, plan.container, pending)?;
     Ok(Running {
@@ -291,7 +294,7 @@ fn create_in_guest(
             pid
         }
         ResponseBody::Error { message } => bail!("{message}"),
-        other => bail!("unexpected answer from the guest to create: {other:?}"),
+        other => bail!(crate::guest::unexpected("create", &other)),
     };
     client.set_timeout(None)?;
     Ok((guest_pid, pending.attach_session(STREAM_TIMEOUT)?))
@@ -365,7 +368,7 @@ fn wait_end(
             attached.drain(DRAIN_TIMEOUT);
             return Some((code, signal));
         }
-        Ok(other) => log::error!("unexpected answer from the guest to wait: {other:?}"),
+        Ok(other) => log::error!("{}", crate::guest::unexpected("wait", &other)),
         Err(e) => log::error!("lost the guest while waiting for its process: {e}"),
     }
     None
@@ -395,11 +398,11 @@ pub fn relay_signals(address: &Address, pid: Option<u32>, tty: Option<RawFd>) {
             client = address.connect().ok();
         }
         let Some(c) = client.as_mut() else {
-            log::warn!("cannot reach the guest to pass on {sig}");
+            okvm_vmm::guest_warn!("cannot reach the guest to pass on {sig}");
             continue;
         };
         if let Err(e) = c.request(body) {
-            log::warn!("cannot pass on {sig}: {e}");
+            okvm_vmm::guest_warn!("cannot pass on {sig}: {e}");
             client = None;
         }
     }

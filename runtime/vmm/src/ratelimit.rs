@@ -26,7 +26,7 @@ pub const BURST: u32 = 100;
 /// After the burst: one line per this long.
 pub const REFILL: Duration = Duration::from_secs(10);
 /// The longest piece of guest-chosen text a line quotes (see [`quote`]).
-pub const MAX_QUOTE: usize = 200;
+pub const MAX_QUOTE: usize = 512;
 
 /// A GCRA token bucket: `burst` admissions at once, then one per `every`.
 #[derive(Debug)]

@@ -69,6 +69,24 @@ pub struct VmConfig {
 /// The largest vCPU count okvm configures.
 pub const MAX_VCPUS: u8 = 8;
 
+/// RLIMIT_NOFILE for a process that runs a VMM: one fd per vsock connection
+/// (the guest drives those, up to the device's cap), and 1024 for the VMM's
+/// own (KVM, eventfds, epolls, the tap, vhost-user, files and streams of the
+/// sandbox: about a hundred) with room to spare.
+pub const OPEN_FILES: u64 = crate::virtio::vsock::MAX_CONNECTIONS as u64 + 1024;
+
+/// Sets this process's RLIMIT_NOFILE (soft and hard) to [`OPEN_FILES`], so
+/// that nothing a guest drives can hold more fds than that. Without the
+/// privilege to raise the hard limit, the soft one goes as near as it may.
+pub fn limit_open_files() -> nix::Result<()> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if setrlimit(Resource::RLIMIT_NOFILE, OPEN_FILES, OPEN_FILES).is_ok() {
+        return Ok(());
+    }
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    setrlimit(Resource::RLIMIT_NOFILE, OPEN_FILES.min(hard), hard)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("{0} vCPUs requested; okvm supports 1 to {MAX_VCPUS}")]
