@@ -36,9 +36,11 @@ rust:
 	$(CARGO) build --release -p okvm -p containerd-shim-okvm-v2 -p okvm-init --bins
 
 # okvm-init must be static (there is no musl target here): glibc with crt-static,
-# built for an explicit target so build scripts stay dynamic.
+# built for an explicit target so build scripts stay dynamic. okvm-hostile, the
+# hostile_guest suite's attacker, is built the same way: the test image has no
+# libc for it.
 init:
-	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release --target $(HOST_TARGET) -p okvm-init
+	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release --target $(HOST_TARGET) -p okvm-init -p okvm-hostile
 
 initramfs: rust init
 	@mkdir -p $(ARTIFACTS)

@@ -6,3 +6,5 @@
 //!
 //! One module per channel to the host; each runs inside the test host
 //! (`integration/run-suite hostile_guest`, part of `make test`).
+
+mod flood;

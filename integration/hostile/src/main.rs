@@ -1,0 +1,136 @@
+//! The attacker of the hostile_guest suite, run inside a guest by a
+//! `--privileged` container (the busybox image has no vsock client). Built
+//! static (`make init`), like okvm-init, and bind-mounted into the container.
+//!
+//! `okvm-hostile vsock PORT...` floods the vsock device: as fast as it can it
+//! opens stream connections to the host (CID 2) on the given ports, keeps
+//! every one the host accepts, sends on each as much as the device lets it,
+//! and never reads (its receive buffer is made as small as vsock allows, so
+//! whatever the host sends piles up on the host's side). It never ends; once
+//! a second it prints `open=N refused=N sent=BYTES`.
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+/// `SO_VM_SOCKETS_BUFFER_SIZE` (linux/vm_sockets.h), at level AF_VSOCK.
+const SO_VM_SOCKETS_BUFFER_SIZE: libc::c_int = 0;
+const HOST_CID: u32 = 2;
+/// More than any device lets a guest hold: the device says when to stop.
+const MAX_OPEN: usize = 4096;
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.split_first() {
+        Some((cmd, ports)) if cmd == "vsock" && !ports.is_empty() => {
+            let ports: Vec<u32> = ports
+                .iter()
+                .map(|p| p.parse().unwrap_or_else(|_| usage()))
+                .collect();
+            flood_vsock(&ports)
+        }
+        _ => usage(),
+    }
+}
+
+fn usage() -> ! {
+    eprintln!("usage: okvm-hostile vsock PORT...");
+    std::process::exit(2)
+}
+
+/// A blocking connect to host `port`; the socket, made non-blocking, if the
+/// host accepted.
+fn connect(port: u32) -> Option<libc::c_int> {
+    // SAFETY: plain socket(2); the fd is ours and closed on every error path.
+    let fd = unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return None;
+    }
+    let tiny: u64 = 0;
+    // SAFETY: the option value is a u64 that lives across the call, and its
+    // size is passed.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::AF_VSOCK,
+            SO_VM_SOCKETS_BUFFER_SIZE,
+            (&tiny as *const u64).cast(),
+            std::mem::size_of::<u64>() as libc::socklen_t,
+        );
+    }
+    // SAFETY: sockaddr_vm is plain old data; all-zero is a valid value.
+    let mut addr: libc::sockaddr_vm = unsafe { std::mem::zeroed() };
+    addr.svm_family = libc::AF_VSOCK as libc::sa_family_t;
+    addr.svm_cid = HOST_CID;
+    addr.svm_port = port;
+    // SAFETY: addr is a sockaddr_vm and its size is passed.
+    let r = unsafe {
+        libc::connect(
+            fd,
+            (&addr as *const libc::sockaddr_vm).cast(),
+            std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t,
+        )
+    };
+    // SAFETY: fd is an open socket of ours.
+    if r != 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, libc::O_NONBLOCK) } != 0 {
+        // SAFETY: fd is ours and used nowhere else.
+        unsafe { libc::close(fd) };
+        return None;
+    }
+    Some(fd)
+}
+
+/// Writes on `fd` until the socket would block; false once it is dead.
+fn fill(fd: libc::c_int, chunk: &[u8], sent: &mut u64) -> bool {
+    loop {
+        // SAFETY: chunk is a live buffer of chunk.len() bytes.
+        let n = unsafe {
+            libc::send(
+                fd,
+                chunk.as_ptr().cast(),
+                chunk.len(),
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+        if n > 0 {
+            *sent += n as u64;
+            continue;
+        }
+        let err = std::io::Error::last_os_error();
+        return n == 0 || err.kind() == std::io::ErrorKind::WouldBlock;
+    }
+}
+
+fn flood_vsock(ports: &[u32]) -> ! {
+    let chunk = vec![0x41u8; 64 * 1024];
+    let mut open: Vec<libc::c_int> = Vec::new();
+    let (mut refused, mut sent) = (0u64, 0u64);
+    let mut next_report = Instant::now();
+    let mut next_port = 0;
+    loop {
+        // A round of new connections, one per port, then a round of sending.
+        for _ in 0..ports.len() {
+            let port = ports[next_port % ports.len()];
+            next_port += 1;
+            if open.len() >= MAX_OPEN {
+                break;
+            }
+            match connect(port) {
+                Some(fd) => open.push(fd),
+                None => refused += 1,
+            }
+        }
+        open.retain(|&fd| {
+            let alive = fill(fd, &chunk, &mut sent);
+            if !alive {
+                // SAFETY: fd is ours and dropped from the list here.
+                unsafe { libc::close(fd) };
+            }
+            alive
+        });
+        if Instant::now() >= next_report {
+            next_report += Duration::from_secs(1);
+            println!("open={} refused={refused} sent={sent}", open.len());
+            let _ = std::io::stdout().flush();
+        }
+    }
+}
