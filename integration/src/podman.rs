@@ -84,7 +84,9 @@ pub fn assert_nothing_left() {
 pub struct SandboxProcess {
     pub pid: u32,
     pub state_dir: PathBuf,
-    /// `--log` as podman passed it, or the state directory's sandbox.log.
+    /// Where its log can be read while it runs: the file `--log` named (or
+    /// the state directory's sandbox.log), through the sandbox's own fd,
+    /// since podman removes that file once `create` has succeeded.
     pub log: PathBuf,
 }
 
@@ -105,9 +107,15 @@ impl SandboxProcess {
         let task = &invocation["task"]["Sandbox"];
         let state_dir =
             Path::new(task["root"].as_str().unwrap()).join(task["id"].as_str().unwrap());
-        let log = invocation["log"]
+        let named = invocation["log"]
             .as_str()
             .map_or_else(|| state_dir.join(okvm::sandbox::LOG), PathBuf::from);
+        let log = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .find(|fd| std::fs::read_link(fd).is_ok_and(|t| t.starts_with(&named)))
+            .unwrap_or(named);
         SandboxProcess {
             pid,
             state_dir,

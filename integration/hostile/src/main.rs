@@ -5,15 +5,20 @@
 //! `okvm-hostile vsock PORT...` floods the vsock device: as fast as it can it
 //! opens stream connections to the host (CID 2) on the given ports, keeps
 //! every one the host accepts, sends on each as much as the device lets it,
-//! and never reads (its receive buffer is made as small as vsock allows, so
-//! whatever the host sends piles up on the host's side). It never ends; once
-//! a second it prints `open=N refused=N sent=BYTES`.
+//! and never reads (with a small receive buffer, so whatever the host sends
+//! piles up on the host's side). It never ends; once
+//! a second it prints `open=N refused=N sent=BYTES`, and the last errors its
+//! connects and sends met.
 
 use std::io::Write;
 use std::time::{Duration, Instant};
 
 /// `SO_VM_SOCKETS_BUFFER_SIZE` (linux/vm_sockets.h), at level AF_VSOCK.
 const SO_VM_SOCKETS_BUFFER_SIZE: libc::c_int = 0;
+/// The receive buffer asked for: small, so that the host must keep what it
+/// sends, but not below what one queued packet costs the guest kernel (it
+/// resets a connection whose buffer cannot take a packet's sk_buff, ENOBUFS).
+const RECEIVE_BUFFER: u64 = 4096;
 const HOST_CID: u32 = 2;
 /// More than any device lets a guest hold: the device says when to stop.
 const MAX_OPEN: usize = 4096;
@@ -37,15 +42,15 @@ fn usage() -> ! {
     std::process::exit(2)
 }
 
-/// A blocking connect to host `port`; the socket, made non-blocking, if the
+/// A blocking connect to host `port`: the socket, made non-blocking, if the
 /// host accepted.
-fn connect(port: u32) -> Option<libc::c_int> {
+fn connect(port: u32) -> std::io::Result<libc::c_int> {
     // SAFETY: plain socket(2); the fd is ours and closed on every error path.
     let fd = unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {
-        return None;
+        return Err(std::io::Error::last_os_error());
     }
-    let tiny: u64 = 0;
+    let tiny: u64 = RECEIVE_BUFFER;
     // SAFETY: the option value is a u64 that lives across the call, and its
     // size is passed.
     unsafe {
@@ -72,15 +77,16 @@ fn connect(port: u32) -> Option<libc::c_int> {
     };
     // SAFETY: fd is an open socket of ours.
     if r != 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, libc::O_NONBLOCK) } != 0 {
+        let err = std::io::Error::last_os_error();
         // SAFETY: fd is ours and used nowhere else.
         unsafe { libc::close(fd) };
-        return None;
+        return Err(err);
     }
-    Some(fd)
+    Ok(fd)
 }
 
-/// Writes on `fd` until the socket would block; false once it is dead.
-fn fill(fd: libc::c_int, chunk: &[u8], sent: &mut u64) -> bool {
+/// Writes on `fd` until the socket would block; the error once it is dead.
+fn fill(fd: libc::c_int, chunk: &[u8], sent: &mut u64) -> std::io::Result<()> {
     loop {
         // SAFETY: chunk is a live buffer of chunk.len() bytes.
         let n = unsafe {
@@ -96,7 +102,10 @@ fn fill(fd: libc::c_int, chunk: &[u8], sent: &mut u64) -> bool {
             continue;
         }
         let err = std::io::Error::last_os_error();
-        return n == 0 || err.kind() == std::io::ErrorKind::WouldBlock;
+        if n == 0 || err.kind() == std::io::ErrorKind::WouldBlock {
+            return Ok(());
+        }
+        return Err(err);
     }
 }
 
@@ -104,6 +113,7 @@ fn flood_vsock(ports: &[u32]) -> ! {
     let chunk = vec![0x41u8; 64 * 1024];
     let mut open: Vec<libc::c_int> = Vec::new();
     let (mut refused, mut sent) = (0u64, 0u64);
+    let (mut connect_error, mut send_error) = (None, None);
     let mut next_report = Instant::now();
     let mut next_port = 0;
     loop {
@@ -115,21 +125,28 @@ fn flood_vsock(ports: &[u32]) -> ! {
                 break;
             }
             match connect(port) {
-                Some(fd) => open.push(fd),
-                None => refused += 1,
+                Ok(fd) => open.push(fd),
+                Err(e) => {
+                    refused += 1;
+                    connect_error = Some(e);
+                }
             }
         }
-        open.retain(|&fd| {
-            let alive = fill(fd, &chunk, &mut sent);
-            if !alive {
+        open.retain(|&fd| match fill(fd, &chunk, &mut sent) {
+            Ok(()) => true,
+            Err(e) => {
+                send_error = Some(e);
                 // SAFETY: fd is ours and dropped from the list here.
                 unsafe { libc::close(fd) };
+                false
             }
-            alive
         });
         if Instant::now() >= next_report {
             next_report += Duration::from_secs(1);
-            println!("open={} refused={refused} sent={sent}", open.len());
+            println!(
+                "open={} refused={refused} sent={sent} connect-error={connect_error:?} send-error={send_error:?}",
+                open.len()
+            );
             let _ = std::io::stdout().flush();
         }
     }

@@ -197,7 +197,7 @@ impl Connection {
     }
 
     /// Whether the guest opened it.
-    pub fn from_guest(&self) -> bool {
+    pub fn opened_by_guest(&self) -> bool {
         self.from_guest
     }
 

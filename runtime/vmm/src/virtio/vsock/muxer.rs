@@ -168,7 +168,7 @@ impl Muxer {
         assert_eq!(self.pool_used, pool, "pool books");
         assert_eq!(self.held.load(Ordering::Relaxed), all, "held books");
         assert!(self.pool_used <= self.limits.pool, "pool overdrawn");
-        let guest = self.conns.values().filter(|c| c.from_guest()).count();
+        let guest = self.conns.values().filter(|c| c.opened_by_guest()).count();
         assert_eq!(self.guest_conns, guest, "guest connection count");
     }
 
@@ -355,7 +355,7 @@ impl Muxer {
         self.by_key.insert(key, conn.token());
         self.pool_used += conn.pool_use();
         self.count_held(0, held(&conn));
-        self.guest_conns += usize::from(conn.from_guest());
+        self.guest_conns += usize::from(conn.opened_by_guest());
         self.conns.insert(conn.token(), conn);
     }
 
@@ -385,7 +385,7 @@ impl Muxer {
             }
             self.pool_used = self.pool_used.saturating_sub(conn.pool_use());
             self.count_held(held(&conn), 0);
-            self.guest_conns -= usize::from(conn.from_guest());
+            self.guest_conns -= usize::from(conn.opened_by_guest());
         }
         self.resume_listener(r);
     }
