@@ -109,7 +109,18 @@ fn fill(fd: libc::c_int, chunk: &[u8], sent: &mut u64) -> std::io::Result<()> {
     }
 }
 
+/// Ends the process as SIGTERM's default action would: as the container's
+/// first process it would otherwise ignore it, and the test checks that the
+/// host's SIGTERM still reaches it.
+extern "C" fn on_sigterm(_: libc::c_int) {
+    // SAFETY: _exit is async-signal-safe.
+    unsafe { libc::_exit(128 + libc::SIGTERM) }
+}
+
 fn flood_vsock(ports: &[u32]) -> ! {
+    let handler: extern "C" fn(libc::c_int) = on_sigterm;
+    // SAFETY: the handler only calls an async-signal-safe function.
+    unsafe { libc::signal(libc::SIGTERM, handler as libc::sighandler_t) };
     let chunk = vec![0x41u8; 64 * 1024];
     let mut open: Vec<libc::c_int> = Vec::new();
     let (mut refused, mut sent) = (0u64, 0u64);

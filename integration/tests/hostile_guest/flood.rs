@@ -33,15 +33,19 @@ fn line_count(path: &Path) -> usize {
     std::fs::read_to_string(path).map_or(0, |s| s.lines().count())
 }
 
+/// The number right after `prefix` at the start of `text` (0 if none).
+fn number_after(text: &str, prefix: &str) -> u64 {
+    text.strip_prefix(prefix)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
 /// What the console file's first line says was dropped (0: nothing yet).
 fn console_dropped(path: &Path) -> u64 {
     let head = std::fs::read(path).unwrap_or_default();
     let first = head.split(|&b| b == b'\n').next().unwrap_or_default();
-    String::from_utf8_lossy(first)
-        .strip_prefix("[okvm: ")
-        .and_then(|rest| rest.split(' ').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
+    number_after(&String::from_utf8_lossy(first), "[okvm: ")
 }
 
 #[test]
@@ -115,12 +119,7 @@ fn raise_open_files() {
 /// The attacker's last report: how many connections it holds open.
 fn attacker_open(name: &str) -> usize {
     let out = sh(&format!("podman logs --tail 1 {name}"));
-    stdout(&out)
-        .trim()
-        .strip_prefix("open=")
-        .and_then(|r| r.split(' ').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
+    number_after(stdout(&out).trim(), "open=") as usize
 }
 
 #[test]
