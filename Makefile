@@ -36,11 +36,13 @@ rust:
 	$(CARGO) build --release -p okvm -p containerd-shim-okvm-v2 -p okvm-init --bins
 
 # okvm-init must be static (there is no musl target here): glibc with crt-static,
-# built for an explicit target so build scripts stay dynamic. okvm-hostile-init
-# (integration/hostile-init) is the hostile_guest suite's lying guest, built the
-# same way beside it and never installed.
+# built for an explicit target so build scripts stay dynamic. The hostile_guest
+# suite's test programs are built the same way beside it and never installed:
+# okvm-hostile-init (integration/hostile-init), a guest PID 1 that speaks
+# okvm-init's protocol and lies, and okvm-hostile (integration/hostile), an
+# attacker run in a container (the test image has no libc for it).
 init:
-	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release --target $(HOST_TARGET) -p okvm-init -p okvm-hostile-init
+	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release --target $(HOST_TARGET) -p okvm-init -p okvm-hostile-init -p okvm-hostile
 
 initramfs: rust init
 	@mkdir -p $(ARTIFACTS)

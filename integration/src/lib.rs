@@ -117,3 +117,13 @@ pub fn wait_within(child: &mut Child, limit: Duration, what: &str) -> ExitStatus
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// A field of /proc/PID/status in KiB (`VmRSS`, `RssAnon`, …); None if the
+/// process or the field is gone.
+pub fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}

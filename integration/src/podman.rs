@@ -3,6 +3,7 @@
 //! host's tmpfs, with podman's drop-in in the test host's own
 //! /etc/containers), on the busybox image built locally from Debian packages.
 
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::Once;
 use std::time::{Duration, Instant};
@@ -75,4 +76,56 @@ pub fn assert_nothing_left() {
     let out =
         sh("pgrep -a -f '[o]kvm-internal|[v]irtiofsd' || true; ls /run/okvm 2>/dev/null || true");
     assert_eq!(stdout(&out).trim(), "", "left behind: {out:?}");
+}
+
+/// The sandbox process (the VMM) behind a running podman container, as an
+/// administrator finds it: its pid (podman's `State.Pid`) and, from its
+/// command line, its state directory and log file.
+pub struct SandboxProcess {
+    pub pid: u32,
+    pub state_dir: PathBuf,
+    /// Where its log can be read while it runs: the file `--log` named (or
+    /// the state directory's sandbox.log), through the sandbox's own fd,
+    /// since podman removes that file once `create` has succeeded.
+    pub log: PathBuf,
+}
+
+impl SandboxProcess {
+    pub fn of(name: &str) -> SandboxProcess {
+        let out = sh(&format!("podman inspect -f '{{{{.State.Pid}}}}' {name}"));
+        let pid: u32 = stdout(&out)
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("no pid for {name}: {out:?}"));
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+        // okvm --okvm-internal '{"log":…,"task":{"Sandbox":{"root":…,"id":…}}}'
+        let invocation = cmdline
+            .split(|&b| b == 0)
+            .nth(2)
+            .and_then(|j| serde_json::from_slice::<serde_json::Value>(j).ok())
+            .unwrap_or_else(|| panic!("{pid} is not an okvm sandbox"));
+        let task = &invocation["task"]["Sandbox"];
+        let state_dir =
+            Path::new(task["root"].as_str().unwrap()).join(task["id"].as_str().unwrap());
+        let named = invocation["log"]
+            .as_str()
+            .map_or_else(|| state_dir.join(okvm::sandbox::LOG), PathBuf::from);
+        let log = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .find(|fd| std::fs::read_link(fd).is_ok_and(|t| t.starts_with(&named)))
+            .unwrap_or(named);
+        SandboxProcess {
+            pid,
+            state_dir,
+            log,
+        }
+    }
+
+    /// A field of /proc/PID/status in KiB (VmRSS, RssAnon, …).
+    pub fn status_kib(&self, field: &str) -> u64 {
+        crate::proc_status_kib(self.pid, field)
+            .unwrap_or_else(|| panic!("no {field} for the sandbox {}", self.pid))
+    }
 }

@@ -98,13 +98,17 @@ pub fn run(mut vm: VmConfig, shares: &[(String, PathBuf)]) -> anyhow::Result<()>
         for (i, (tag, dir)) in shares.iter().enumerate() {
             let socket = rundir.0.join(format!("fs{i}.sock"));
             let log = rundir.0.join(format!("fs{i}.log"));
-            let d = Virtiofsd::start(&bin, dir, &socket, &log)?;
+            let d = Virtiofsd::start(&bin, dir, &socket, &log, vm.mem_mib)?;
             vm.fs.push(FsShare {
                 tag: tag.clone(),
                 socket: d.socket().into(),
             });
             daemons.push(d);
         }
+    }
+    // After virtiofsd started: it sets its own limit.
+    if let Err(e) = okvm_vmm::vm::limit_open_files() {
+        log::warn!("cannot limit the VMM's open files: {e}");
     }
     let result = okvm_vmm::vm::run(&vm);
     // The daemons go before the run directory that holds their sockets.

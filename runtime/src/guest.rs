@@ -163,6 +163,7 @@ pub fn timed_out(e: &anyhow::Error) -> Option<&TimedOut> {
         }
     })
 }
+use okvm_vmm::ratelimit::quote;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -324,6 +325,15 @@ fn connect_within(uds: &Path, port: u32, deadline: &Deadline) -> Result<UnixStre
     Ok(s)
 }
 
+/// An answer the caller has no use for, as the text of its error: quoted,
+/// since the guest chose it (it may be as large as a frame).
+pub fn unexpected(request: &str, body: &ResponseBody) -> String {
+    format!(
+        "unexpected answer from the guest to {request}: {}",
+        quote(&format!("{body:?}"))
+    )
+}
+
 /// Where a container's guest side is reached: its VM's vsock socket, and its
 /// name in that guest (None: the VM's first container, its own).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -433,7 +443,11 @@ impl Client {
         // bounded as well.
         self.writer.set_write_timeout(deadline.left()?)?;
         write_message(&mut self.writer, Kind::Request, &req).map_err(|e| deadline.io(e))?;
-        let resp: Response = self.read_within(Kind::Response, deadline)?;
+        let mut resp: Response = self.read_within(Kind::Response, deadline)?;
+        // The guest words its errors, and they reach logs and users.
+        if let ResponseBody::Error { message } = &mut resp.body {
+            *message = quote(message).to_string();
+        }
         if resp.id != id {
             return Err(Error::OutOfOrder {
                 want: id,

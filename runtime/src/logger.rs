@@ -115,9 +115,59 @@ pub fn init(default: log::LevelFilter, file: Option<&Path>, format: Format) {
     }
 }
 
+/// The last `n` lines of the file at `path` (fewer if it has fewer; none if
+/// it cannot be read), read from at most its last [`TAIL_BYTES`]: files the
+/// guest fills (the console) or can make log (the sandbox's log) may be
+/// large, and only their end is wanted.
+pub fn last_lines(path: &Path, n: usize) -> Vec<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return Vec::new();
+    };
+    let len = f.metadata().map_or(0, |m| m.len());
+    let from = len.saturating_sub(TAIL_BYTES);
+    let mut bytes = Vec::new();
+    if f.seek(SeekFrom::Start(from)).is_err() || f.take(TAIL_BYTES).read_to_end(&mut bytes).is_err()
+    {
+        return Vec::new();
+    }
+    let text = String::from_utf8_lossy(&bytes);
+    let mut lines: Vec<&str> = text.lines().collect();
+    // A line cut by the window's start is not a line.
+    if from > 0 && !lines.is_empty() {
+        lines.remove(0);
+    }
+    let skip = lines.len().saturating_sub(n);
+    lines[skip..].iter().map(|l| l.to_string()).collect()
+}
+
+/// How much of a file's end [`last_lines`] reads.
+pub const TAIL_BYTES: u64 = 8192;
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn last_lines_reads_only_the_end_of_a_large_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("console.log");
+        let mut text = String::new();
+        for i in 0..100_000 {
+            text.push_str(&format!("line {i}\n"));
+        }
+        std::fs::write(&path, &text).unwrap();
+        assert_eq!(
+            last_lines(&path, 3),
+            ["line 99997", "line 99998", "line 99999"]
+        );
+        // A window full of one endless line yields no fragment of it.
+        std::fs::write(&path, "x".repeat(100_000)).unwrap();
+        assert!(last_lines(&path, 5).is_empty());
+        std::fs::write(&path, "only\n").unwrap();
+        assert_eq!(last_lines(&path, 5), ["only"]);
+        assert!(last_lines(&dir.path().join("missing"), 5).is_empty());
+    }
 
     #[test]
     fn lines_in_both_formats() {

@@ -4,9 +4,11 @@
 //! several. Each one dies with okvm (parent-death signal) and is stopped and
 //! reaped when its [`Virtiofsd`] handle drops, so none outlives the VM.
 
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 #[derive(Debug, thiserror::Error)]
@@ -49,24 +51,47 @@ pub fn find() -> Result<PathBuf, Error> {
         .ok_or(Error::NotFound)
 }
 
+/// virtiofsd's RLIMIT_NOFILE for a guest of `mem_mib` MiB. virtiofsd holds
+/// an fd for every inode the guest has looked up and not yet forgotten, so
+/// the guest decides how many it holds. A guest caches at most about one
+/// inode per KiB of its RAM (each costs it more than that), so 1024 per MiB
+/// never stops a correct guest, and bounds what a hostile one pins on the
+/// host: 262 144 for the default 256 MiB, never less than 65 536 nor more
+/// than virtiofsd's own default of 1 000 000.
+pub fn open_files(mem_mib: u64) -> u64 {
+    mem_mib.saturating_mul(1024).clamp(65_536, 1_000_000)
+}
+
 /// A running virtiofsd; dropping it stops it.
 pub struct Virtiofsd {
     child: Child,
     socket: PathBuf,
+    /// Copies its stderr into its log, until it exits.
+    log_relay: Option<JoinHandle<()>>,
 }
 
 impl Virtiofsd {
-    /// Starts virtiofsd sharing `dir` on `socket` and waits until it listens.
-    /// Its log goes to `log` (kept for the error message if it dies).
-    pub fn start(bin: &Path, dir: &Path, socket: &Path, log: &Path) -> Result<Self, Error> {
+    /// Starts virtiofsd sharing `dir` on `socket` for a guest of `mem_mib`
+    /// MiB and waits until it listens. Its log goes to `log` (kept for the
+    /// error message if it dies).
+    pub fn start(
+        bin: &Path,
+        dir: &Path,
+        socket: &Path,
+        log: &Path,
+        mem_mib: u64,
+    ) -> Result<Self, Error> {
         if !dir.is_dir() {
             return Err(Error::NoDir(dir.into()));
         }
         let _ = std::fs::remove_file(socket);
-        let logfile = std::fs::File::create(log).map_err(|err| Error::Spawn {
+        let spawn_err = |err| Error::Spawn {
             bin: bin.into(),
             err,
-        })?;
+        };
+        let logfile = std::fs::File::create(log).map_err(spawn_err)?;
+        let (stderr, stderr_w) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| spawn_err(e.into()))?;
         let mut cmd = Command::new(bin);
         cmd.arg(format!("--socket-path={}", socket.display()))
             .arg(format!("--shared-dir={}", dir.display()))
@@ -76,10 +101,11 @@ impl Virtiofsd {
             // "auto": the guest revalidates against the host, so files the host
             // changes under a running container are seen (volumes, podman cp).
             .arg("--cache=auto")
+            .arg(format!("--rlimit-nofile={}", open_files(mem_mib)))
             .arg("--log-level=error")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(logfile);
+            .stderr(stderr_w);
         // SAFETY: prctl is async-signal-safe and touches no memory of ours; it
         // runs in the forked child before exec.
         unsafe {
@@ -90,17 +116,22 @@ impl Virtiofsd {
                 Ok(())
             });
         }
-        let child = cmd.spawn().map_err(|err| Error::Spawn {
-            bin: bin.into(),
-            err,
-        })?;
+        let child = cmd.spawn().map_err(spawn_err)?;
+        // Only the child may hold the write end, or the relay never ends.
+        drop(cmd);
+        let log_relay = std::thread::Builder::new()
+            .name("virtiofsd-log".into())
+            .spawn(move || relay_log(std::fs::File::from(stderr), logfile))
+            .ok();
         let mut me = Virtiofsd {
             child,
             socket: socket.into(),
+            log_relay,
         };
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Ok(Some(status)) = me.child.try_wait() {
+                me.end_log_relay();
                 let log = std::fs::read_to_string(log).unwrap_or_default();
                 return Err(Error::Died {
                     dir: dir.into(),
@@ -132,6 +163,52 @@ impl Virtiofsd {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+
+    /// Once virtiofsd has exited: waits until its last words are in its log.
+    fn end_log_relay(&mut self) {
+        if let Some(relay) = self.log_relay.take() {
+            let _ = relay.join();
+        }
+    }
+}
+
+/// The longest line of virtiofsd's kept in its log.
+const MAX_LOG_LINE: u64 = 1024;
+
+/// Copies virtiofsd's stderr into its log a line at a time, at most as many
+/// lines as the guest-caused log budget allows: a hostile guest kernel can
+/// make virtiofsd log (a FUSE_INIT of an unsupported version is logged each
+/// time). Lines beyond the budget are counted, and the count is logged with
+/// the next line that passes.
+fn relay_log(stderr: std::fs::File, mut log: std::fs::File) {
+    use okvm_vmm::ratelimit::{Bucket, BURST, REFILL};
+    let mut bucket = Bucket::new(BURST, REFILL);
+    let mut lines = BufReader::new(stderr);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match lines
+            .by_ref()
+            .take(MAX_LOG_LINE)
+            .read_until(b'\n', &mut line)
+        {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        let Some(refused) = bucket.admit(Instant::now()) else {
+            continue;
+        };
+        let text = String::from_utf8_lossy(&line);
+        let mut out = format!(
+            "{}",
+            okvm_vmm::ratelimit::quote(text.trim_end_matches('\n'))
+        );
+        if refused > 0 {
+            out.push_str(&format!(" ({refused} earlier lines suppressed)"));
+        }
+        out.push('\n');
+        let _ = log.write_all(out.as_bytes());
+    }
 }
 
 impl Drop for Virtiofsd {
@@ -141,6 +218,46 @@ impl Drop for Virtiofsd {
         // system synchronously).
         let _ = self.child.kill();
         let _ = self.child.wait();
+        self.end_log_relay();
         let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_flood_of_virtiofsd_lines_reaches_its_log_within_the_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("virtiofsd.log");
+        let (read, write) = nix::unistd::pipe().unwrap();
+        let writer = std::thread::spawn(move || {
+            let mut w = std::fs::File::from(write);
+            for i in 0..10_000 {
+                writeln!(
+                    w,
+                    "[ERROR virtiofsd] Unsupported fuse protocol version: {i}.0"
+                )
+                .unwrap();
+            }
+        });
+        relay_log(
+            std::fs::File::from(read),
+            std::fs::File::create(&log).unwrap(),
+        );
+        writer.join().unwrap();
+        let text = std::fs::read_to_string(&log).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        // Written within a second: the burst only.
+        assert_eq!(lines.len(), okvm_vmm::ratelimit::BURST as usize, "{text}");
+        assert!(lines[0].ends_with("version: 0.0"));
+    }
+
+    #[test]
+    fn the_open_file_limit_follows_guest_memory() {
+        assert_eq!(open_files(256), 262_144);
+        assert_eq!(open_files(16), 65_536);
+        assert_eq!(open_files(1 << 30), 1_000_000);
     }
 }

@@ -9,5 +9,6 @@
 mod annotations;
 mod bridge;
 mod deadlines;
+mod flood;
 mod readonly;
 mod share;

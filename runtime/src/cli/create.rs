@@ -119,10 +119,9 @@ fn start_sandbox(
 }
 
 fn log_hint(dir: &Path) -> String {
-    let log = dir.join(sandbox::LOG);
-    std::fs::read_to_string(&log)
-        .ok()
-        .and_then(|s| s.lines().last().map(|l| format!(": {l}")))
+    crate::logger::last_lines(&dir.join(sandbox::LOG), 1)
+        .pop()
+        .map(|l| format!(": {l}"))
         .unwrap_or_default()
 }
 

@@ -35,7 +35,7 @@ fn ask(address: &Address) -> anyhow::Result<GuestStats> {
     match address.call(RequestBody::Stats)? {
         ResponseBody::Stats(stats) => Ok(stats),
         ResponseBody::Error { message } => Err(anyhow!("{message}")),
-        other => bail!("unexpected answer from the guest to stats: {other:?}"),
+        other => bail!(crate::guest::unexpected("stats", &other)),
     }
 }
 

@@ -204,7 +204,7 @@ impl Proxy {
         })? {
             ResponseBody::Started { pid } => pid,
             ResponseBody::Error { message } => bail!("{message}"),
-            other => bail!("unexpected answer from the guest to exec: {other:?}"),
+            other => bail!(crate::guest::unexpected("exec", &other)),
         };
         let attached = pending.attach_session()?;
         Ok(Proxy {

@@ -72,7 +72,7 @@ pub(crate) fn send(
     })? {
         ResponseBody::Done => Ok(()),
         ResponseBody::Error { message } => Err(anyhow!("{message}")),
-        other => bail!("unexpected answer from the guest to kill: {other:?}"),
+        other => bail!(crate::guest::unexpected("kill", &other)),
     }
 }
 

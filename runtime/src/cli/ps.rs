@@ -38,7 +38,7 @@ fn guest_pids(address: &Address, status: Status) -> anyhow::Result<Vec<u32>> {
     match address.call(RequestBody::Processes)? {
         ResponseBody::Pids { pids } => Ok(pids),
         ResponseBody::Error { message } => bail!("{message}"),
-        other => bail!("unexpected answer from the guest to ps: {other:?}"),
+        other => bail!(crate::guest::unexpected("ps", &other)),
     }
 }
 

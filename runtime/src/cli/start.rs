@@ -16,7 +16,7 @@ pub fn start(ctx: &Context, id: &str) -> anyhow::Result<()> {
     match container.address(&state).call(RequestBody::Start)? {
         ResponseBody::Done => {}
         ResponseBody::Error { message } => bail!("cannot start container {id}: {message}"),
-        other => bail!("unexpected answer from the guest to start: {other:?}"),
+        other => bail!(crate::guest::unexpected("start", &other)),
     }
     state.status = Status::Running;
     container.save(&state)?;

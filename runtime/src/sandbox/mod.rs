@@ -183,7 +183,10 @@ fn prepare(args: &Args) -> anyhow::Result<Running> {
         &share,
         &dir.join(FS_SOCKET),
         &dir.join("virtiofsd.log"),
+        plan.mem_mib,
     )?;
+    // After virtiofsd started: it sets its own limit.
+    okvm_vmm::vm::limit_open_files().context("cannot limit the sandbox's open files")?;
     let procs = Procs {
         sandbox: Some(Proc::me()),
         helpers: Proc::of(virtiofsd.pid() as i32).into_iter().collect(),
@@ -249,7 +252,7 @@ fn prepare(args: &Args) -> anyhow::Result<Running> {
     })? {
         ResponseBody::Done => {}
         ResponseBody::Error { message } => bail!("cannot configure the guest's network: {message}"),
-        other => bail!("unexpected answer from the guest to the network settings: {other:?}"),
+        other => bail!(crate::guest::unexpected("the network settings", &other)),
     }
     let (guest_pid, attached) = create_in_guest(&mut client, plan.container, pending)?;
     Ok(Running {
@@ -291,7 +294,7 @@ fn create_in_guest(
             pid
         }
         ResponseBody::Error { message } => bail!("{message}"),
-        other => bail!("unexpected answer from the guest to create: {other:?}"),
+        other => bail!(crate::guest::unexpected("create", &other)),
     };
     Ok((guest_pid, pending.attach_session()?))
 }
@@ -318,15 +321,15 @@ fn accept_ready(
 
 /// The console's last lines, for an error message.
 fn console_tail(path: &Path) -> String {
-    let mut s = String::new();
-    if let Ok(mut f) = std::fs::File::open(path) {
-        let _ = f.read_to_string(&mut s);
-    }
-    let lines: Vec<&str> = s.lines().rev().take(5).collect();
+    let lines = crate::logger::last_lines(path, 5);
     if lines.is_empty() {
         return String::new();
     }
-    let lines: Vec<&str> = lines.into_iter().rev().collect();
+    // Guest output: quoted, so it cannot forge lines of the log it lands in.
+    let lines: Vec<String> = lines
+        .iter()
+        .map(|l| okvm_vmm::ratelimit::quote(l).to_string())
+        .collect();
     format!(" (guest console: {})", lines.join(" | "))
 }
 
@@ -364,7 +367,7 @@ fn wait_end(
             attached.drain(DRAIN_TIMEOUT);
             return Some((code, signal));
         }
-        Ok(other) => log::error!("unexpected answer from the guest to wait: {other:?}"),
+        Ok(other) => log::error!("{}", crate::guest::unexpected("wait", &other)),
         Err(e) => log::error!("lost the guest while waiting for its process: {e}"),
     }
     None
@@ -394,11 +397,11 @@ pub fn relay_signals(address: &Address, pid: Option<u32>, tty: Option<RawFd>) {
             client = address.connect().ok();
         }
         let Some(c) = client.as_mut() else {
-            log::warn!("cannot reach the guest to pass on {sig}");
+            okvm_vmm::guest_warn!("cannot reach the guest to pass on {sig}");
             continue;
         };
         if let Err(e) = c.request(body) {
-            log::warn!("cannot pass on {sig}: {e}");
+            okvm_vmm::guest_warn!("cannot pass on {sig}: {e}");
             client = None;
         }
     }

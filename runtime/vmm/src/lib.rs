@@ -12,6 +12,7 @@ pub mod layout;
 pub mod legacy;
 pub mod memory;
 pub mod mptable;
+pub mod ratelimit;
 pub mod tap;
 pub mod virtio;
 pub mod vm;

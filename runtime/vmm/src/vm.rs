@@ -1,7 +1,6 @@
 //! One microVM: KVM VM and vCPU set-up, the legacy devices, and the run loop.
 //! Driven by one plain [`VmConfig`].
 
-use std::fs::File;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -70,6 +69,24 @@ pub struct VmConfig {
 /// The largest vCPU count okvm configures.
 pub const MAX_VCPUS: u8 = 8;
 
+/// RLIMIT_NOFILE for a process that runs a VMM: one fd per vsock connection
+/// (the guest drives those, up to the device's cap), and 1024 for the VMM's
+/// own (KVM, eventfds, epolls, the tap, vhost-user, files and streams of the
+/// sandbox: about a hundred) with room to spare.
+pub const OPEN_FILES: u64 = crate::virtio::vsock::MAX_CONNECTIONS as u64 + 1024;
+
+/// Sets this process's RLIMIT_NOFILE (soft and hard) to [`OPEN_FILES`], so
+/// that nothing a guest drives can hold more fds than that. Without the
+/// privilege to raise the hard limit, the soft one goes as near as it may.
+pub fn limit_open_files() -> nix::Result<()> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if setrlimit(Resource::RLIMIT_NOFILE, OPEN_FILES, OPEN_FILES).is_ok() {
+        return Ok(());
+    }
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    setrlimit(Resource::RLIMIT_NOFILE, OPEN_FILES.min(hard), hard)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("{0} vCPUs requested; okvm supports 1 to {MAX_VCPUS}")]
@@ -131,10 +148,14 @@ pub fn run(config: &VmConfig) -> Result<Exit, Error> {
     let sink: Box<dyn Write + Send> = match &config.console {
         Console::Stdout => Box::new(std::io::stdout()),
         Console::Off => Box::new(std::io::sink()),
-        Console::File(path) => Box::new(File::create(path).map_err(|err| Error::Console {
-            path: path.clone(),
-            err,
-        })?),
+        Console::File(path) => {
+            Box::new(
+                console::CappedFile::create(path).map_err(|err| Error::Console {
+                    path: path.clone(),
+                    err,
+                })?,
+            )
+        }
     };
     let (console, panic_note) = console::Watched::new(sink);
 

@@ -216,7 +216,7 @@ impl VirtioDevice for Fs {
         // GET_VRING_BASE stops a ring in the backend.
         for i in 0..QUEUE_SIZES.len() {
             if let Err(e) = self.frontend.get_vring_base(i) {
-                log::warn!(
+                crate::guest_warn!(
                     "virtio-fs {}: cannot stop queue {i} in {}: {e}",
                     self.tag,
                     self.socket.display()

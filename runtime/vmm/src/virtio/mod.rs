@@ -62,7 +62,11 @@ impl Interrupt {
     pub fn record_broken(&self, device: &str, why: &str) {
         let mut broken = self.broken.lock().unwrap_or_else(|e| e.into_inner());
         if broken.is_none() {
-            log::error!("virtio-{device}: device marked broken: {why}");
+            // Once per driver reset, which the guest may repeat at will.
+            crate::ratelimit::log(
+                log::Level::Error,
+                format_args!("virtio-{device}: device marked broken: {why}"),
+            );
             *broken = Some(why.to_string());
         }
     }

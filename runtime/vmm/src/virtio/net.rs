@@ -26,6 +26,7 @@ use super::worker::{Handler, Registry, Worker};
 use super::{
     ActivateError, Activation, Interrupt, VirtioDevice, INT_USED_RING, VIRTIO_F_VERSION_1,
 };
+use crate::ratelimit::Limited;
 use crate::tap::{Tap, VNET_HDR_LEN};
 
 /// The virtio device ID of a network card.
@@ -310,11 +311,9 @@ enum Bad {
     RxOversize,
 }
 
-impl Bad {
-    const COUNT: usize = 10;
-
-    fn what(self) -> &'static str {
-        match self {
+impl Display for Bad {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
             Bad::TxChainOutsideMemory => "a transmit chain points outside guest memory",
             Bad::TxTooShort => "a transmit chain is shorter than the vnet and Ethernet headers",
             Bad::TxTooLong => "a transmit chain is longer than 64 KiB plus headers",
@@ -327,32 +326,8 @@ impl Bad {
             Bad::RxTooBigForRing => "a received frame does not fit the whole receive ring",
             Bad::RxRunt => "the host delivered a frame shorter than the headers",
             Bad::RxOversize => "the host delivered a frame longer than 64 KiB plus headers",
-        }
-    }
-}
-
-/// Counts bad packets; logs the 1st, 2nd, 4th, 8th... of each kind, so that a
-/// guest flooding garbage costs a log line per doubling, not per packet.
-#[derive(Default)]
-struct BadLog {
-    seen: [u64; Bad::COUNT],
-}
-
-impl BadLog {
-    fn note(&mut self, bad: Bad, detail: impl Display) {
-        let n = &mut self.seen[bad as usize];
-        *n += 1;
-        if n.is_power_of_two() {
-            log::warn!(
-                "virtio-net: {} ({detail}); packet dropped ({n} so far)",
-                bad.what()
-            );
-        }
-    }
-
-    #[cfg(test)]
-    fn count(&self, bad: Bad) -> u64 {
-        self.seen[bad as usize]
+        })?;
+        f.write_str(", packet dropped")
     }
 }
 
@@ -405,7 +380,7 @@ struct Datapath {
     host_hung_up: bool,
     /// Reads fail for good; frames to the host are dropped.
     host_gone: bool,
-    bad: BadLog,
+    bad: Limited<Bad>,
 }
 
 fn corrupt(queue: &'static str) -> impl Fn(virtio_queue::Error) -> String {
@@ -446,7 +421,7 @@ impl Datapath {
             tx_more: false,
             host_hung_up: false,
             host_gone: false,
-            bad: BadLog::default(),
+            bad: Limited::new("virtio-net"),
         }
     }
 
@@ -495,7 +470,7 @@ impl Datapath {
 
     fn host_is_gone(&mut self, why: impl Display) {
         if !self.host_gone {
-            log::warn!("virtio-net: the host side of the card is gone ({why}); frames are dropped from now on");
+            crate::guest_warn!("virtio-net: the host side of the card is gone ({why}); frames are dropped from now on");
             self.host_gone = true;
         }
     }
@@ -1098,7 +1073,7 @@ mod tests {
         }
         assert!(r.dp.interest().contains(EventSet::IN));
         assert!(!r.rx.kicks_wanted(), "no kicks needed while not waiting");
-        assert_eq!(r.dp.bad.seen, [0; Bad::COUNT], "nothing dropped");
+        assert_eq!(r.dp.bad.total(), 0, "nothing dropped");
     }
 
     #[test]
@@ -1250,7 +1225,7 @@ mod tests {
         assert_eq!(got, frames, "all frames, in order, none dropped");
         assert_eq!(r.tx.take_used().len(), 4);
         assert!(!r.dp.interest().contains(EventSet::OUT));
-        assert_eq!(r.dp.bad.seen, [0; Bad::COUNT]);
+        assert_eq!(r.dp.bad.total(), 0);
     }
 
     #[test]

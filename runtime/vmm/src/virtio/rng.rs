@@ -13,6 +13,7 @@ use super::worker::{Handler, Registry, Worker};
 use super::{
     ActivateError, Activation, Interrupt, VirtioDevice, INT_USED_RING, VIRTIO_F_VERSION_1,
 };
+use crate::ratelimit::Limited;
 
 pub const DEVICE_TYPE: u32 = 4;
 const QUEUE_SIZES: &[u16] = &[256];
@@ -70,6 +71,7 @@ struct RngHandler {
     interrupt: Interrupt,
     /// Reused for every request, so serving allocates nothing.
     buf: Vec<u8>,
+    bad: Limited<&'static str>,
 }
 
 impl RngHandler {
@@ -80,6 +82,7 @@ impl RngHandler {
             event,
             interrupt,
             buf: vec![0u8; MAX_PER_REQUEST],
+            bad: Limited::new("virtio-rng"),
         }
     }
 
@@ -97,7 +100,7 @@ impl RngHandler {
                     w.write_all(&self.buf[..n]).map(|()| n).unwrap_or(0)
                 }
                 Err(e) => {
-                    log::warn!("virtio-rng: dropping a bad request: {e}");
+                    self.bad.note("dropping a request it cannot write to", e);
                     0
                 }
             };

@@ -2,11 +2,24 @@
 //! buffered in each direction and credit-based flow control (virtio 1.2,
 //! 5.10.6.3).
 //!
-//! Memory is bounded both ways. Host bytes are read ahead into at most
-//! [`TO_GUEST_BUF`] bytes and only leave as the guest's credit allows. Guest
-//! bytes that the host socket cannot take yet are kept, at most [`BUF_ALLOC`]
-//! of them: that is the credit we advertise, so a guest that sends more has
-//! broken the protocol and the connection is reset.
+//! Memory is bounded both ways, per connection and, through the pool the
+//! muxer passes in (`pool_free`), per VM:
+//!
+//! * Host bytes are read ahead into at most [`TO_GUEST_BUF`] bytes and only
+//!   leave as the guest's credit allows.
+//! * Guest bytes are only ever sent against credit we gave: every packet to
+//!   the guest carries `buf_alloc` and `fwd_cnt`, and the guest may send until
+//!   its byte count reaches their sum. That sum is the connection's *limit*;
+//!   limit − `fwd_cnt` is what it *holds*: bytes buffered plus credit still
+//!   open, i.e. the most it can come to buffer if the host stops reading. A
+//!   guest that sends beyond the limit has broken the protocol and is reset.
+//! * The limit never moves back (a guest computes its credit in wrapping
+//!   u32s; a smaller one would read as a huge credit), so credit once given
+//!   stays given, and new credit is given only as the pool allows: a
+//!   connection grows its window from [`FIRST_WINDOW`] up to [`BUF_ALLOC`]
+//!   while the guest uses it, and may hold [`FLOOR`] bytes each way whatever
+//!   the pool says, so that no connection ever waits for another to give
+//!   memory back.
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
@@ -20,13 +33,16 @@ use super::packet::{
 };
 use super::HOST_CID;
 
-/// Receive buffer we advertise to the guest for each connection.
+/// The most credit one connection gets: guest bytes it may come to hold.
 pub const BUF_ALLOC: u32 = 256 * 1024;
-/// Host bytes read ahead of the guest's credit, per connection.
+/// Host bytes read ahead of the guest's credit, per connection, at most.
 pub const TO_GUEST_BUF: usize = 64 * 1024;
-/// Forwarding this much without telling the guest may leave it waiting for
-/// credit; a quarter of the buffer keeps updates rare but timely.
-const CREDIT_UPDATE_THRESHOLD: u32 = BUF_ALLOC / 4;
+/// What a connection may hold each way without drawing on the pool.
+pub const FLOOR: usize = 4 * 1024;
+/// The credit a connection starts with; each time the guest has used a
+/// quarter of its credit the window doubles, up to [`BUF_ALLOC`], so only
+/// streams that carry data hold large credit.
+pub const FIRST_WINDOW: u32 = 64 * 1024;
 /// One read from the host socket.
 const READ_CHUNK: usize = 16 * 1024;
 
@@ -66,6 +82,8 @@ pub struct Connection {
     key: ConnKey,
     guest_cid: u64,
     state: State,
+    /// The guest opened it (it counts against the guest's share).
+    from_guest: bool,
 
     // Control packets owed to the guest.
     owe_request: bool,
@@ -88,8 +106,15 @@ pub struct Connection {
     /// Leading bytes of `to_host` that are ours (the `OK <port>` line), not
     /// the guest's, and so not counted in `fwd_cnt`.
     preamble: usize,
+    /// Guest bytes received.
+    rx_cnt: u32,
+    /// Guest bytes written to the host socket.
     fwd_cnt: u32,
-    fwd_cnt_told: u32,
+    /// The `buf_alloc` and `fwd_cnt` the guest last heard from us.
+    alloc_told: u32,
+    fwd_told: u32,
+    /// The credit we aim to give.
+    window: u32,
     guest_shutdown: u32,
     host_write_shut: bool,
 
@@ -107,6 +132,7 @@ impl Connection {
             key,
             guest_cid,
             state,
+            from_guest: false,
             owe_request: false,
             owe_response: false,
             owe_credit_update: false,
@@ -120,8 +146,11 @@ impl Connection {
             tx_cnt: 0,
             to_host: VecDeque::new(),
             preamble: 0,
+            rx_cnt: 0,
             fwd_cnt: 0,
-            fwd_cnt_told: 0,
+            alloc_told: 0,
+            fwd_told: 0,
+            window: FIRST_WINDOW,
             guest_shutdown: 0,
             host_write_shut: false,
             queued_for_rx: false,
@@ -153,6 +182,7 @@ impl Connection {
         request: &Header,
     ) -> Self {
         let mut c = Connection::new(stream, token, key, guest_cid, State::Established);
+        c.from_guest = true;
         c.owe_response = true;
         c.update_peer_credit(request);
         c
@@ -164,6 +194,11 @@ impl Connection {
 
     pub fn key(&self) -> ConnKey {
         self.key
+    }
+
+    /// Whether the guest opened it.
+    pub fn opened_by_guest(&self) -> bool {
+        self.from_guest
     }
 
     pub fn stream(&self) -> &UnixStream {
@@ -191,6 +226,60 @@ impl Connection {
 
     pub fn host_hung_up(&self) -> bool {
         self.host_hung_up
+    }
+
+    // --- Memory -----------------------------------------------------------------
+
+    /// Whether the guest may still send: it has not closed its side.
+    fn guest_may_send(&self) -> bool {
+        self.state != State::Draining && self.guest_shutdown & SHUTDOWN_SEND == 0
+    }
+
+    /// Guest bytes received and not yet written to the host.
+    fn buffered(&self) -> usize {
+        self.to_host.len() - self.preamble
+    }
+
+    /// Guest → host bytes this connection holds or may come to hold: what is
+    /// buffered plus the credit still open.
+    pub fn held_from_guest(&self) -> usize {
+        if !self.guest_may_send() {
+            return self.buffered();
+        }
+        let limit = self.alloc_told.wrapping_add(self.fwd_told);
+        limit.wrapping_sub(self.fwd_cnt) as usize
+    }
+
+    /// Host → guest bytes this connection holds.
+    pub fn held_to_guest(&self) -> usize {
+        self.to_guest.len()
+    }
+
+    /// What it holds beyond its floor each way: its share of the VM's pool.
+    pub fn pool_use(&self) -> usize {
+        self.held_from_guest().saturating_sub(FLOOR) + self.held_to_guest().saturating_sub(FLOOR)
+    }
+
+    /// How many more bytes the guest may send now.
+    fn credit_left(&self) -> usize {
+        let limit = self.alloc_told.wrapping_add(self.fwd_told);
+        limit.wrapping_sub(self.rx_cnt) as usize
+    }
+
+    /// The `buf_alloc` and `fwd_cnt` to tell the guest now, given `pool_free`
+    /// bytes of the VM's pool left: as much credit as the window, the floor
+    /// and the pool allow, but never a limit below the one told before.
+    fn credit_to_tell(&self, pool_free: usize) -> (u32, u32) {
+        if !self.guest_may_send() {
+            return (self.alloc_told, self.fwd_told);
+        }
+        // What the guest's current limit makes us hold.
+        let held = self.held_from_guest();
+        let room = held.max(FLOOR).saturating_add(pool_free);
+        let give = (self.window as usize).min(room).max(held);
+        // A smaller buf_alloc than before is fine: the limit does not shrink,
+        // as fwd_cnt grew by at least as much.
+        (give as u32, self.fwd_cnt)
     }
 
     // --- Packets from the guest -------------------------------------------
@@ -223,14 +312,14 @@ impl Connection {
         if self.guest_shutdown & SHUTDOWN_SEND != 0 {
             return Err(ConnError::DataAfterShutdown);
         }
-        let buffered = self.to_host.len() - self.preamble;
-        let credit = (BUF_ALLOC as usize).saturating_sub(buffered);
+        let credit = self.credit_left();
         if data.len() > credit {
             return Err(ConnError::CreditExceeded {
                 got: data.len(),
                 credit,
             });
         }
+        self.rx_cnt = self.rx_cnt.wrapping_add(data.len() as u32);
         let mut rest = data;
         if self.to_host.is_empty() {
             // Usual case: the host keeps up, nothing needs copying.
@@ -238,6 +327,9 @@ impl Connection {
             self.count_forwarded(n);
             rest = &rest[n..];
         }
+        // Within what the connection holds, so the pool already counts it.
+        let most = self.preamble + self.held_from_guest();
+        reserve_within(&mut self.to_host, rest.len(), most);
         self.to_host.extend(rest);
         Ok(())
     }
@@ -251,6 +343,7 @@ impl Connection {
         self.guest_shutdown |= flags & (SHUTDOWN_RCV | SHUTDOWN_SEND);
         if self.guest_shutdown & SHUTDOWN_RCV != 0 {
             self.to_guest.clear();
+            release_if_empty(&mut self.to_guest);
         }
         if self.guest_shutdown == SHUTDOWN_RCV | SHUTDOWN_SEND {
             self.state = State::Draining;
@@ -264,6 +357,7 @@ impl Connection {
     pub fn on_rst(&mut self) {
         self.state = State::Draining;
         self.to_guest.clear();
+        release_if_empty(&mut self.to_guest);
     }
 
     pub fn on_credit_request(&mut self) {
@@ -283,6 +377,7 @@ impl Connection {
             self.to_host.drain(..n);
             self.count_forwarded(n);
         }
+        release_if_empty(&mut self.to_host);
         if self.to_host.is_empty()
             && self.guest_shutdown & SHUTDOWN_SEND != 0
             && !self.host_write_shut
@@ -298,8 +393,11 @@ impl Connection {
         let ours = n.min(self.preamble);
         self.preamble -= ours;
         self.fwd_cnt = self.fwd_cnt.wrapping_add((n - ours) as u32);
-        if self.fwd_cnt.wrapping_sub(self.fwd_cnt_told) >= CREDIT_UPDATE_THRESHOLD {
+        // The guest has used a quarter of the credit it got: tell it what
+        // went on, before it runs dry, and let a busy stream have more.
+        if self.fwd_cnt.wrapping_sub(self.fwd_told) >= (self.alloc_told / 4).max(1) {
             self.owe_credit_update = true;
+            self.window = self.window.saturating_mul(2).min(BUF_ALLOC);
         }
     }
 
@@ -307,16 +405,27 @@ impl Connection {
         self.state != State::Draining && !self.host_eof && self.guest_shutdown & SHUTDOWN_RCV == 0
     }
 
+    /// How many host bytes may wait for the guest, with `pool_free` bytes of
+    /// the VM's pool left.
+    fn read_ahead(&self, pool_free: usize) -> usize {
+        let own = FLOOR.max(self.to_guest.len());
+        TO_GUEST_BUF.min(own.saturating_add(pool_free))
+    }
+
     /// Reads what the host sent, up to the read-ahead limit. `hung_up`: epoll
     /// reported EPOLLHUP, the host closed its end entirely.
-    pub fn read_from_host(&mut self, hung_up: bool) -> Result<(), ConnError> {
+    pub fn read_from_host(&mut self, hung_up: bool, pool_free: usize) -> Result<(), ConnError> {
         self.host_hung_up |= hung_up;
+        let limit = self.read_ahead(pool_free);
         let mut chunk = [0u8; READ_CHUNK];
-        while self.reading_host() && self.to_guest.len() < TO_GUEST_BUF {
-            let room = (TO_GUEST_BUF - self.to_guest.len()).min(READ_CHUNK);
+        while self.reading_host() && self.to_guest.len() < limit {
+            let room = (limit - self.to_guest.len()).min(READ_CHUNK);
             match self.stream.read(&mut chunk[..room]) {
                 Ok(0) => self.host_eof = true,
-                Ok(n) => self.to_guest.extend(&chunk[..n]),
+                Ok(n) => {
+                    reserve_within(&mut self.to_guest, n, limit);
+                    self.to_guest.extend(&chunk[..n]);
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(ConnError::Host(e)),
@@ -328,9 +437,9 @@ impl Connection {
     /// What epoll should watch the host socket for. Nothing at all when the
     /// connection waits on the guest: a hung-up socket would otherwise report
     /// EPOLLHUP for ever.
-    pub fn interest(&self) -> EventSet {
+    pub fn interest(&self, pool_free: usize) -> EventSet {
         let mut ev = EventSet::empty();
-        if self.reading_host() && self.to_guest.len() < TO_GUEST_BUF {
+        if self.reading_host() && self.to_guest.len() < self.read_ahead(pool_free) {
             ev |= EventSet::IN;
         }
         if !self.to_host.is_empty() {
@@ -385,17 +494,29 @@ impl Connection {
             type_: TYPE_STREAM,
             op: op as u16,
             flags: 0,
-            buf_alloc: BUF_ALLOC,
-            fwd_cnt: self.fwd_cnt,
+            buf_alloc: self.alloc_told,
+            fwd_cnt: self.fwd_told,
         }
     }
 
     /// Writes the next packet for the guest into `out`, which has `room`
-    /// bytes. Returns the bytes written; 0 when nothing fits.
-    pub fn write_rx_packet(&mut self, out: &mut impl Write, room: usize) -> io::Result<usize> {
+    /// bytes; it carries the credit that `pool_free` bytes of the VM's pool
+    /// allow. Returns the bytes written; 0 when nothing fits.
+    pub fn write_rx_packet(
+        &mut self,
+        out: &mut impl Write,
+        room: usize,
+        pool_free: usize,
+    ) -> io::Result<usize> {
         if room < HEADER_SIZE {
             return Ok(0);
         }
+        let (buf_alloc, fwd_cnt) = self.credit_to_tell(pool_free);
+        let header = |op| Header {
+            buf_alloc,
+            fwd_cnt,
+            ..self.header(op)
+        };
         let data_len = if self.can_send_data() {
             self.to_guest
                 .len()
@@ -406,13 +527,13 @@ impl Connection {
             0
         };
         let h = if self.owe_request {
-            self.header(Op::Request)
+            header(Op::Request)
         } else if self.owe_response {
-            self.header(Op::Response)
+            header(Op::Response)
         } else if data_len > 0 {
             Header {
                 len: data_len as u32,
-                ..self.header(Op::Rw)
+                ..header(Op::Rw)
             }
         } else if self.owe_shutdown() {
             let mut flags = SHUTDOWN_SEND;
@@ -421,12 +542,12 @@ impl Connection {
             }
             Header {
                 flags,
-                ..self.header(Op::Shutdown)
+                ..header(Op::Shutdown)
             }
         } else if self.established() && self.owe_credit_update {
-            self.header(Op::CreditUpdate)
+            header(Op::CreditUpdate)
         } else if self.owe_credit_request() {
-            self.header(Op::CreditRequest)
+            header(Op::CreditRequest)
         } else {
             return Ok(0);
         };
@@ -440,14 +561,15 @@ impl Connection {
             Some(Op::Response) => self.owe_response = false,
             Some(Op::Rw) => {
                 self.to_guest.drain(..payload_len);
+                release_if_empty(&mut self.to_guest);
                 self.tx_cnt = self.tx_cnt.wrapping_add(payload_len as u32);
             }
             Some(Op::Shutdown) => self.shutdown_sent = true,
             Some(Op::CreditRequest) => self.credit_requested = true,
             _ => {}
         }
-        // Every packet told the guest our fwd_cnt.
-        self.fwd_cnt_told = h.fwd_cnt;
+        // Every packet told the guest its credit.
+        (self.alloc_told, self.fwd_told) = (buf_alloc, fwd_cnt);
         self.owe_credit_update = false;
         Ok(n)
     }
@@ -458,6 +580,25 @@ impl Connection {
             State::Established => "established",
             State::Draining => "closing",
         }
+    }
+}
+
+/// Makes room for `extra` more bytes in `buf`, growing it by doubling as
+/// usual but never past `most`: its capacity stays within what the pool
+/// accounts for.
+fn reserve_within(buf: &mut VecDeque<u8>, extra: usize, most: usize) {
+    let need = buf.len() + extra;
+    if need > buf.capacity() {
+        let want = (buf.capacity() * 2).clamp(need, most.max(need));
+        buf.reserve_exact(want - buf.len());
+    }
+}
+
+/// An empty buffer gives its memory back, beyond the floor that every
+/// connection may keep anyway.
+fn release_if_empty(buf: &mut VecDeque<u8>) {
+    if buf.is_empty() && buf.capacity() > FLOOR {
+        *buf = VecDeque::new();
     }
 }
 
@@ -482,12 +623,15 @@ fn write_some(stream: &mut UnixStream, buf: &[u8]) -> io::Result<usize> {
 mod tests {
     use super::*;
     use crate::virtio::vsock::packet::{read_header, SHUTDOWN_RCV};
+    use proptest::prelude::*;
 
     const GUEST: u64 = 3;
     const KEY: ConnKey = ConnKey {
         host_port: 1 << 30,
         guest_port: 1024,
     };
+    /// A pool with room for anything.
+    const PLENTY: usize = usize::MAX;
 
     fn pair() -> (UnixStream, UnixStream) {
         let (a, b) = UnixStream::pair().unwrap();
@@ -495,9 +639,9 @@ mod tests {
         (a, b)
     }
 
-    fn next(c: &mut Connection, room: usize) -> Option<(Header, Vec<u8>)> {
+    fn next_with(c: &mut Connection, room: usize, pool_free: usize) -> Option<(Header, Vec<u8>)> {
         let mut out = Vec::new();
-        let n = c.write_rx_packet(&mut out, room).unwrap();
+        let n = c.write_rx_packet(&mut out, room, pool_free).unwrap();
         if n == 0 {
             return None;
         }
@@ -507,14 +651,26 @@ mod tests {
         Some((h, out[HEADER_SIZE..].to_vec()))
     }
 
-    fn established(peer_buf_alloc: u32) -> (Connection, UnixStream) {
+    fn next(c: &mut Connection, room: usize) -> Option<(Header, Vec<u8>)> {
+        next_with(c, room, PLENTY)
+    }
+
+    /// A guest-initiated connection whose RESPONSE went out with the credit
+    /// `pool_free` allows.
+    fn established_with(peer_buf_alloc: u32, pool_free: usize) -> (Connection, UnixStream, Header) {
         let (dev, host) = pair();
         let req = Header {
             buf_alloc: peer_buf_alloc,
             ..Header::default()
         };
         let mut c = Connection::guest_initiated(dev, 9, KEY, GUEST, &req);
-        assert_eq!(next(&mut c, 4096).unwrap().0.op, Op::Response as u16);
+        let (resp, _) = next_with(&mut c, 4096, pool_free).unwrap();
+        assert_eq!(resp.op, Op::Response as u16);
+        (c, host, resp)
+    }
+
+    fn established(peer_buf_alloc: u32) -> (Connection, UnixStream) {
+        let (c, host, _) = established_with(peer_buf_alloc, PLENTY);
         (c, host)
     }
 
@@ -522,7 +678,7 @@ mod tests {
     fn host_data_waits_for_guest_credit() {
         let (mut c, mut host) = established(10);
         host.write_all(b"0123456789abcdef").unwrap();
-        c.read_from_host(false).unwrap();
+        c.read_from_host(false, PLENTY).unwrap();
         let (h, data) = next(&mut c, 4096).unwrap();
         assert_eq!((h.op, data.as_slice()), (Op::Rw as u16, &b"0123456789"[..]));
         // Out of credit: ask once, then stay quiet until the guest says more.
@@ -540,36 +696,77 @@ mod tests {
     }
 
     #[test]
-    fn guest_data_beyond_our_buffer_is_refused() {
-        let (mut c, host) = established(0);
-        // The host does not read: everything stays buffered.
-        let chunk = vec![7u8; MAX_PAYLOAD];
+    fn guest_data_beyond_the_credit_told_is_refused() {
+        let (mut c, host, resp) = established_with(0, PLENTY);
+        assert_eq!((resp.buf_alloc, resp.fwd_cnt), (FIRST_WINDOW, 0));
+        // The host does not read: everything the socket does not take stays
+        // buffered, and no credit update comes.
+        let chunk = vec![7u8; 4096];
         let mut sent = 0;
         let err = loop {
             match c.on_data(&chunk) {
                 Ok(()) => sent += chunk.len(),
                 Err(e) => break e,
             }
-            assert!(sent <= BUF_ALLOC as usize + (4 << 20), "never refused");
+            assert!(sent <= (4 << 20), "never refused");
         };
         assert!(matches!(err, ConnError::CreditExceeded { .. }), "{err}");
+        // Exactly the limit told, whatever went into the socket meanwhile.
+        assert_eq!(sent, FIRST_WINDOW as usize);
+        assert!(c.held_from_guest() <= FIRST_WINDOW as usize);
         drop(host);
     }
 
     #[test]
-    fn consuming_a_quarter_of_the_buffer_earns_a_credit_update() {
+    fn an_empty_pool_leaves_a_new_connection_its_floor_only() {
+        let (mut c, mut host, resp) = established_with(0, 0);
+        assert_eq!((resp.buf_alloc, resp.fwd_cnt), (FLOOR as u32, 0));
+        assert!(matches!(
+            c.on_data(&vec![1u8; FLOOR + 1]),
+            Err(ConnError::CreditExceeded { .. })
+        ));
+        c.on_data(&vec![1u8; FLOOR]).unwrap();
+        assert_eq!(c.pool_use(), 0);
+        // The host takes it all: the floor comes back, still without the pool.
+        let mut sink = vec![0u8; FLOOR];
+        host.read_exact(&mut sink).unwrap();
+        let (h, _) = next_with(&mut c, 4096, 0).unwrap();
+        assert_eq!(h.op, Op::CreditUpdate as u16);
+        assert_eq!(h.buf_alloc.wrapping_add(h.fwd_cnt), 2 * FLOOR as u32);
+        // Host bytes wait for the guest up to the floor only.
+        host.write_all(&vec![2u8; 3 * FLOOR]).unwrap();
+        c.read_from_host(false, 0).unwrap();
+        assert_eq!(c.held_to_guest(), FLOOR);
+        assert!(c.interest(0).is_empty(), "reading stops at the floor");
+        assert!(c.interest(PLENTY).contains(EventSet::IN));
+        assert_eq!(c.pool_use(), 0);
+    }
+
+    #[test]
+    fn forwarding_a_quarter_of_the_credit_earns_an_update_and_a_wider_window() {
         let (mut c, mut host) = established(0);
-        c.on_data(&vec![1u8; CREDIT_UPDATE_THRESHOLD as usize - 1])
-            .unwrap();
+        let quarter = FIRST_WINDOW as usize / 4;
+        c.on_data(&vec![1u8; quarter - 1]).unwrap();
         assert!(!c.wants_rx());
         c.on_data(&[1]).unwrap();
         c.flush_to_host().unwrap();
-        let mut sink = vec![0u8; CREDIT_UPDATE_THRESHOLD as usize];
+        let mut sink = vec![0u8; quarter];
         host.read_exact(&mut sink).unwrap();
         let (h, _) = next(&mut c, 4096).unwrap();
         assert_eq!(h.op, Op::CreditUpdate as u16);
-        assert_eq!(h.fwd_cnt, CREDIT_UPDATE_THRESHOLD);
-        assert_eq!(h.buf_alloc, BUF_ALLOC);
+        assert_eq!(h.fwd_cnt, quarter as u32);
+        assert_eq!(h.buf_alloc, 2 * FIRST_WINDOW, "the window doubled");
+        // It never passes BUF_ALLOC however busy the stream.
+        for _ in 0..10 {
+            let credit = c.credit_left().min(MAX_PAYLOAD);
+            c.on_data(&vec![1u8; credit]).unwrap();
+            c.flush_to_host().unwrap();
+            let mut sink = vec![0u8; credit];
+            host.read_exact(&mut sink).unwrap();
+            let (h, _) = next(&mut c, 4096).unwrap();
+            assert!(h.buf_alloc <= BUF_ALLOC);
+        }
+        assert_eq!(c.alloc_told, BUF_ALLOC);
     }
 
     #[test]
@@ -577,15 +774,16 @@ mod tests {
         let (mut c, mut host) = established(100);
         host.write_all(b"bye").unwrap();
         host.shutdown(Shutdown::Write).unwrap();
-        c.read_from_host(false).unwrap();
+        c.read_from_host(false, PLENTY).unwrap();
         assert_eq!(next(&mut c, 4096).unwrap().1, b"bye");
         let (h, _) = next(&mut c, 4096).unwrap();
         assert_eq!((h.op, h.flags), (Op::Shutdown as u16, SHUTDOWN_SEND));
         assert!(next(&mut c, 4096).is_none());
-        assert!(c.interest().is_empty(), "nothing left to watch");
+        assert!(c.interest(PLENTY).is_empty(), "nothing left to watch");
         // The guest closes too: both ways shut, the connection drains.
         assert!(c.on_shutdown(SHUTDOWN_RCV | SHUTDOWN_SEND).unwrap());
         assert!(c.is_finished());
+        assert_eq!((c.held_from_guest(), c.held_to_guest()), (0, 0));
     }
 
     #[test]
@@ -607,5 +805,87 @@ mod tests {
         assert_eq!(&got[..n], format!("OK {}\nhi", 1u32 << 30).as_bytes());
         let (h, data) = next(&mut c, 4096).unwrap();
         assert_eq!((data.as_slice(), h.fwd_cnt), (&b"early"[..], 2));
+    }
+
+    /// One step of a guest, a host and the VM's pool around a connection.
+    #[derive(Debug, Clone)]
+    enum Step {
+        /// The guest sends this much of the credit it has (in thousandths).
+        GuestSends(u16),
+        /// The host reads this much from its socket.
+        HostReads(u32),
+        /// The device writes a packet, with this much of the pool free.
+        Tell(u32),
+        HostWrites(u16),
+        DeviceReads(u32),
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            (0u16..=1000).prop_map(Step::GuestSends),
+            (0u32..300_000).prop_map(Step::HostReads),
+            prop_oneof![Just(0u32), 0u32..8192, 0u32..2_000_000].prop_map(Step::Tell),
+            (0u16..20_000).prop_map(Step::HostWrites),
+            prop_oneof![Just(0u32), 0u32..100_000].prop_map(Step::DeviceReads),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Whatever the guest, the host and the pool do: the limit told never
+        /// moves back, a connection never holds more than its own cap, and a
+        /// packet never takes more from the pool than was free.
+        #[test]
+        fn credit_accounting_holds_for_any_traffic(steps in proptest::collection::vec(step(), 1..80)) {
+            let (mut c, mut host, _) = established_with(1 << 20, 0);
+            host.set_nonblocking(true).unwrap();
+            let mut limit = c.alloc_told.wrapping_add(c.fwd_told);
+            let mut sink = vec![0u8; 300_000];
+            for s in steps {
+                let before = c.pool_use();
+                let mut pool_free = PLENTY;
+                match s {
+                    Step::GuestSends(m) => {
+                        let n = c.credit_left() * usize::from(m) / 1000;
+                        c.on_data(&vec![9u8; n]).unwrap();
+                        prop_assert!(
+                            c.on_data(&vec![9u8; c.credit_left() + 1]).is_err(),
+                            "more than the credit was taken"
+                        );
+                    }
+                    Step::HostReads(n) => {
+                        let _ = host.read(&mut sink[..n as usize]);
+                        c.flush_to_host().unwrap();
+                    }
+                    Step::Tell(free) => {
+                        pool_free = free as usize;
+                        c.owe_credit_update = true;
+                        let _ = next_with(&mut c, 70_000, pool_free);
+                    }
+                    Step::HostWrites(n) => {
+                        let _ = host.write(&vec![3u8; usize::from(n)]);
+                    }
+                    Step::DeviceReads(free) => {
+                        pool_free = free as usize;
+                        c.read_from_host(false, pool_free).unwrap();
+                    }
+                }
+                let now = c.alloc_told.wrapping_add(c.fwd_told);
+                prop_assert!(now.wrapping_sub(limit) < 1 << 31, "the limit moved back");
+                limit = now;
+                prop_assert!(c.alloc_told <= BUF_ALLOC);
+                prop_assert!(c.fwd_cnt.wrapping_sub(c.fwd_told) <= c.alloc_told, "fwd_cnt told ahead");
+                prop_assert!(c.held_from_guest() <= BUF_ALLOC as usize);
+                prop_assert!(c.held_to_guest() <= TO_GUEST_BUF);
+                prop_assert!(c.buffered() <= c.held_from_guest());
+                prop_assert!(c.to_host.capacity() <= c.preamble + BUF_ALLOC as usize);
+                prop_assert!(c.to_guest.capacity() <= TO_GUEST_BUF);
+                prop_assert!(
+                    c.pool_use() <= before.saturating_add(pool_free),
+                    "took {} from a pool with {pool_free} free", c.pool_use() - before
+                );
+            }
+        }
     }
 }

@@ -8,7 +8,6 @@
 
 use std::os::fd::AsRawFd;
 
-use log::warn;
 use virtio_queue::{Queue, QueueOwnedT, QueueT, Reader, Writer};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::EventSet;
@@ -83,7 +82,10 @@ impl VsockHandler {
                         read_payload(&mut reader, &h, available - HEADER_SIZE, &mut self.scratch);
                     self.muxer.on_guest_packet(r, &h, payload);
                 }
-                Err(e) => warn!("vsock: dropping a tx packet: {e}"),
+                Err(e) => self
+                    .muxer
+                    .log
+                    .note("dropping a tx packet it cannot read", e),
             }
             self.tx
                 .add_used(&self.mem, head, 0)
@@ -120,7 +122,10 @@ impl VsockHandler {
                 .write_rx(r, &mut writer, room)
                 .map_err(|e| format!("rx queue: descriptor chain {head}: {e}"))?;
             if n == 0 {
-                warn!("vsock: an rx buffer of {room} bytes is too small for the next packet");
+                self.muxer.log.note(
+                    "an rx buffer is too small for the next packet",
+                    format_args!("{room} bytes"),
+                );
             }
             self.rx
                 .add_used(&self.mem, head, n as u32)
@@ -157,7 +162,7 @@ impl Handler for VsockHandler {
         used |= self.process_rx(r)?;
         if used {
             if let Err(e) = self.interrupt.signal(INT_USED_RING) {
-                warn!("vsock: cannot interrupt the guest: {e}");
+                self.muxer.log.note("cannot interrupt the guest", e);
             }
         }
         Ok(())

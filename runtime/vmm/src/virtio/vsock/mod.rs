@@ -13,8 +13,9 @@
 //! Clients may connect before the guest driver is up: they wait in the
 //! listener's backlog until the device is activated.
 //!
-//! Only stream sockets exist (no SEQPACKET feature). Each connection gets
-//! [`BUF_ALLOC`] bytes of credit; all buffering is bounded (see `muxer`).
+//! Only stream sockets exist (no SEQPACKET feature). All buffering is
+//! bounded, per connection and per VM ([`MAX_BUFFERED`]); see `connection`
+//! for the credit the guest gets and `muxer` for the caps.
 
 mod connection;
 mod handler;
@@ -29,6 +30,8 @@ mod tests;
 use std::io;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
 
 use virtio_queue::{Queue, QueueT};
 use vmm_sys_util::eventfd::EventFd;
@@ -36,11 +39,11 @@ use vmm_sys_util::eventfd::EventFd;
 use super::worker::Worker;
 use super::{read_config_bytes, ActivateError, Activation, VirtioDevice, VIRTIO_F_VERSION_1};
 use handler::{Queues, VsockHandler};
-use muxer::Muxer;
+use muxer::{Limits, Muxer};
 use unix::BoundPath;
 
-pub use connection::BUF_ALLOC;
-pub use muxer::{HOST_PORT_FIRST, MAX_CONNECTIONS};
+pub use connection::{BUF_ALLOC, FIRST_WINDOW, FLOOR, TO_GUEST_BUF};
+pub use muxer::{HOST_PORT_FIRST, MAX_BUFFERED, MAX_CONNECTIONS, MAX_GUEST_CONNECTIONS, POOL};
 /// Where a host process listens for the guest's connections to host `port`.
 pub use unix::port_path as host_port_path;
 
@@ -94,6 +97,9 @@ pub struct Vsock {
     uds_path: PathBuf,
     listener: UnixListener,
     _socket_file: BoundPath,
+    limits: Limits,
+    /// What the connections hold in buffers, in all.
+    held: Arc<AtomicUsize>,
 }
 
 impl Vsock {
@@ -114,6 +120,8 @@ impl Vsock {
             uds_path,
             listener,
             _socket_file: socket_file,
+            limits: Limits::DEFAULT,
+            held: Arc::default(),
         })
     }
 
@@ -178,7 +186,15 @@ impl VirtioDevice for Vsock {
             .listener
             .try_clone()
             .map_err(|e| ActivateError(format!("cannot share the vsock listener: {e}")))?;
-        let muxer = Muxer::new(self.guest_cid, self.uds_path.clone(), listener);
+        // A new driver starts with no connections, so with nothing held.
+        self.held = Arc::default();
+        let muxer = Muxer::new(
+            self.guest_cid,
+            self.uds_path.clone(),
+            listener,
+            self.limits,
+            self.held.clone(),
+        );
         let queues = Queues {
             rx,
             tx,

@@ -2,27 +2,40 @@
 //! events to connections, and decides what goes into the next rx buffer.
 //!
 //! Nothing the guest sends may grow it without bound: connections are capped
-//! at [`MAX_CONNECTIONS`], RSTs waiting for rx buffers at [`MAX_QUEUED_RSTS`],
-//! host clients still in their CONNECT line at [`MAX_HANDSHAKES`].
+//! at [`MAX_CONNECTIONS`] (of which the guest may open
+//! [`MAX_GUEST_CONNECTIONS`], so the host can always still reach it), RSTs
+//! waiting for rx buffers at [`MAX_QUEUED_RSTS`], host clients still in their
+//! CONNECT line at [`MAX_HANDSHAKES`], and the connections' buffers at
+//! [`MAX_BUFFERED`] per VM: each may hold [`FLOOR`] bytes each way, and
+//! beyond that they share a pool of [`POOL`] bytes (see `connection`).
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
-use log::{debug, warn};
+use log::debug;
 use vmm_sys_util::epoll::EventSet;
 
-use super::connection::{ConnError, ConnKey, Connection};
+use super::connection::{ConnError, ConnKey, Connection, FLOOR};
 use super::handshake::{Connect, HandshakeError, PendingClient};
 use super::packet::{write_packet, Header, Op, PacketError, HEADER_SIZE, TYPE_STREAM};
 use super::unix::{connect_nonblocking, port_path};
 use super::HOST_CID;
+use crate::ratelimit::Limited;
 use crate::virtio::worker::Registry;
 
 /// Live connections (host- and guest-initiated, draining ones included).
 pub const MAX_CONNECTIONS: usize = 1024;
+/// Of those, the ones the guest opened: the rest stay free for the host.
+pub const MAX_GUEST_CONNECTIONS: usize = 768;
+/// The buffer bytes all connections of a VM share beyond their floors.
+pub const POOL: usize = 24 << 20;
+/// The most the VM's connections hold in buffers: 32 MiB.
+pub const MAX_BUFFERED: usize = MAX_CONNECTIONS * 2 * FLOOR + POOL;
 /// Host clients accepted but still sending their CONNECT line.
 pub const MAX_HANDSHAKES: usize = 64;
 /// RSTs waiting for rx buffers; beyond this the guest is not reading its
@@ -43,8 +56,25 @@ const TOKEN_LISTENER: u64 = 2;
 /// still pending for a closed socket cannot reach a new one.
 const FIRST_SOCKET_TOKEN: u64 = 16;
 
+/// What one device allows; [`Limits::DEFAULT`] but in tests.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub connections: usize,
+    pub guest_connections: usize,
+    pub pool: usize,
+}
+
+impl Limits {
+    pub const DEFAULT: Limits = Limits {
+        connections: MAX_CONNECTIONS,
+        guest_connections: MAX_GUEST_CONNECTIONS,
+        pool: POOL,
+    };
+}
+
 pub struct Muxer {
     guest_cid: u64,
+    limits: Limits,
     uds_path: PathBuf,
     listener: UnixListener,
     /// The listener is out of epoll after accept() failed (e.g. out of fds)
@@ -60,12 +90,27 @@ pub struct Muxer {
     /// Connections with something for the guest, served round robin.
     rx_queue: VecDeque<u64>,
     rsts: VecDeque<Header>,
+    /// Open connections the guest initiated.
+    guest_conns: usize,
+    /// The pool bytes the connections hold ([`Connection::pool_use`] summed).
+    pool_used: usize,
+    /// Every warning the device logs (the handler's too).
+    pub log: Limited<&'static str>,
+    /// What the connections hold in all, for whoever watches the VM.
+    held: Arc<AtomicUsize>,
 }
 
 impl Muxer {
-    pub fn new(guest_cid: u64, uds_path: PathBuf, listener: UnixListener) -> Self {
+    pub fn new(
+        guest_cid: u64,
+        uds_path: PathBuf,
+        listener: UnixListener,
+        limits: Limits,
+        held: Arc<AtomicUsize>,
+    ) -> Self {
         Muxer {
             guest_cid,
+            limits,
             uds_path,
             listener,
             listener_paused: false,
@@ -77,7 +122,54 @@ impl Muxer {
             host_ports: HashMap::new(),
             rx_queue: VecDeque::new(),
             rsts: VecDeque::new(),
+            guest_conns: 0,
+            pool_used: 0,
+            log: Limited::new("vsock"),
+            held,
         }
+    }
+
+    fn pool_free(&self) -> usize {
+        self.limits.pool.saturating_sub(self.pool_used)
+    }
+
+    /// Runs `f` on connection `token` with the pool's free bytes, and charges
+    /// the pool with what that changed in the connection's holdings. Every
+    /// change to a connection's buffers or credit goes through here.
+    fn with_conn<R>(
+        &mut self,
+        token: u64,
+        f: impl FnOnce(&mut Connection, usize) -> R,
+    ) -> Option<R> {
+        let free = self.pool_free();
+        let conn = self.conns.get_mut(&token)?;
+        let before = (conn.pool_use(), held(conn));
+        let r = f(conn, free);
+        let after = (conn.pool_use(), held(conn));
+        self.pool_used = self.pool_used.saturating_sub(before.0) + after.0;
+        self.count_held(before.1, after.1);
+        Some(r)
+    }
+
+    fn count_held(&self, before: usize, after: usize) {
+        if after >= before {
+            self.held.fetch_add(after - before, Ordering::Relaxed);
+        } else {
+            self.held.fetch_sub(before - after, Ordering::Relaxed);
+        }
+    }
+
+    /// The pool's books against the connections themselves (tests only:
+    /// it visits every connection).
+    #[cfg(test)]
+    fn check_books(&self) {
+        let pool: usize = self.conns.values().map(Connection::pool_use).sum();
+        let all: usize = self.conns.values().map(held).sum();
+        assert_eq!(self.pool_used, pool, "pool books");
+        assert_eq!(self.held.load(Ordering::Relaxed), all, "held books");
+        assert!(self.pool_used <= self.limits.pool, "pool overdrawn");
+        let guest = self.conns.values().filter(|c| c.opened_by_guest()).count();
+        assert_eq!(self.guest_conns, guest, "guest connection count");
     }
 
     pub fn init(&mut self, r: &Registry) -> io::Result<()> {
@@ -100,6 +192,8 @@ impl Muxer {
         } else if self.conns.contains_key(&token) {
             self.socket_event(r, token, events);
         }
+        #[cfg(test)]
+        self.check_books();
     }
 
     fn accept(&mut self, r: &Registry) {
@@ -112,7 +206,10 @@ impl Muxer {
                 Err(e) => {
                     // The client stays in the backlog and epoll would report
                     // it again at once: wait for a socket to close instead.
-                    warn!("vsock: cannot accept a host client (will retry when a connection closes): {e}");
+                    self.log.note(
+                        "cannot accept a host client (will retry when a connection closes)",
+                        e,
+                    );
                     if r.remove(self.listener.as_raw_fd()).is_ok() {
                         self.listener_paused = true;
                     }
@@ -120,7 +217,10 @@ impl Muxer {
                 }
             };
             if self.handshakes.len() >= MAX_HANDSHAKES {
-                warn!("vsock: {MAX_HANDSHAKES} host clients are already sending CONNECT lines; closing a new one");
+                self.log.note(
+                    "too many host clients are sending CONNECT lines; closing a new one",
+                    MAX_HANDSHAKES,
+                );
                 continue;
             }
             let token = self.new_token();
@@ -128,7 +228,7 @@ impl Muxer {
                 .set_nonblocking(true)
                 .and_then(|()| r.add(stream.as_raw_fd(), token, EventSet::IN))
             {
-                warn!("vsock: cannot serve a host client: {e}");
+                self.log.note("cannot serve a host client", e);
                 continue;
             }
             self.handshakes.insert(token, PendingClient::new(stream));
@@ -154,18 +254,24 @@ impl Muxer {
             Err(e) => {
                 match e {
                     HandshakeError::Closed => debug!("vsock: host client: {e}"),
-                    _ => warn!("vsock: closing a host client: {e}"),
+                    _ => self.log.note("closing a host client", e),
                 }
                 self.drop_handshake(r, token);
                 return;
             }
         };
-        if self.conns.len() >= MAX_CONNECTIONS {
-            warn!("vsock: {MAX_CONNECTIONS} connections are open; refusing a host client for port {port}");
+        if self.conns.len() >= self.limits.connections {
+            self.log.note(
+                "all connections are in use; refusing a host client",
+                format_args!("port {port}"),
+            );
             return self.drop_handshake(r, token);
         }
         let Some(host_port) = self.allocate_host_port() else {
-            warn!("vsock: no free host port; refusing a host client for port {port}");
+            self.log.note(
+                "no free host port; refusing a host client",
+                format_args!("port {port}"),
+            );
             return self.drop_handshake(r, token);
         };
         let Some(client) = self.handshakes.remove(&token) else {
@@ -191,8 +297,8 @@ impl Muxer {
     }
 
     fn allocate_host_port(&mut self) -> Option<u32> {
-        // At most MAX_CONNECTIONS ports are taken, so this finds one quickly.
-        for _ in 0..=MAX_CONNECTIONS {
+        // At most `connections` ports are taken, so this finds one quickly.
+        for _ in 0..=self.limits.connections {
             let port = self.next_host_port;
             self.next_host_port = if port >= HOST_PORT_LAST {
                 HOST_PORT_FIRST
@@ -207,17 +313,24 @@ impl Muxer {
     }
 
     fn socket_event(&mut self, r: &Registry, token: u64, events: EventSet) {
-        let Some(conn) = self.conns.get_mut(&token) else {
+        let hung_up = events.contains(EventSet::HANG_UP);
+        let Some(result) = self.with_conn(token, |conn, pool_free| {
+            let mut result = Ok(());
+            if events.intersects(EventSet::OUT | EventSet::HANG_UP | EventSet::ERROR) {
+                result = conn.flush_to_host();
+            }
+            if result.is_ok()
+                && events.intersects(EventSet::IN | EventSet::HANG_UP | EventSet::ERROR)
+            {
+                result = conn.read_from_host(hung_up, pool_free);
+            }
+            result
+        }) else {
             return;
         };
-        let hung_up = events.contains(EventSet::HANG_UP);
-        let mut result = Ok(());
-        if events.intersects(EventSet::OUT | EventSet::HANG_UP | EventSet::ERROR) {
-            result = conn.flush_to_host();
-        }
-        if result.is_ok() && events.intersects(EventSet::IN | EventSet::HANG_UP | EventSet::ERROR) {
-            result = conn.read_from_host(hung_up);
-        }
+        let Some(conn) = self.conns.get(&token) else {
+            return;
+        };
         match result {
             Err(e) => self.reset(r, token, &e),
             Ok(()) if conn.is_connecting() && conn.host_hung_up() => {
@@ -240,6 +353,9 @@ impl Muxer {
         let key = conn.key();
         *self.host_ports.entry(key.host_port).or_default() += 1;
         self.by_key.insert(key, conn.token());
+        self.pool_used += conn.pool_use();
+        self.count_held(0, held(&conn));
+        self.guest_conns += usize::from(conn.opened_by_guest());
         self.conns.insert(conn.token(), conn);
     }
 
@@ -267,6 +383,9 @@ impl Muxer {
             if conn.watched.is_some() {
                 let _ = r.remove(conn.stream().as_raw_fd());
             }
+            self.pool_used = self.pool_used.saturating_sub(conn.pool_use());
+            self.count_held(held(&conn), 0);
+            self.guest_conns -= usize::from(conn.opened_by_guest());
         }
         self.resume_listener(r);
     }
@@ -277,16 +396,16 @@ impl Muxer {
     fn reset(&mut self, r: &Registry, token: u64, why: &ConnError) {
         if let Some(conn) = self.conns.get(&token) {
             let k = conn.key();
-            let level = match why {
-                ConnError::Host(_) => log::Level::Debug,
-                _ => log::Level::Warn,
-            };
-            log::log!(
-                level,
-                "vsock: resetting host port {} <-> guest port {}: {why}",
-                k.host_port,
-                k.guest_port
+            let detail = format_args!(
+                "host port {} <-> guest port {}: {why}",
+                k.host_port, k.guest_port
             );
+            match why {
+                ConnError::Host(_) => debug!("vsock: resetting {detail}"),
+                _ => self
+                    .log
+                    .note("resetting a connection the guest misused", detail),
+            }
         }
         self.reset_quietly(r, token);
     }
@@ -303,7 +422,10 @@ impl Muxer {
 
     fn queue_rst(&mut self, rst: Header) {
         if self.rsts.len() >= MAX_QUEUED_RSTS {
-            warn!("vsock: the guest is not taking rx buffers; dropping an RST");
+            self.log.note(
+                "the guest is not taking rx buffers; dropping an RST",
+                format_args!("{MAX_QUEUED_RSTS} queued"),
+            );
             return;
         }
         self.rsts.push_back(rst);
@@ -313,13 +435,14 @@ impl Muxer {
     /// epoll watch what it now waits for, and queue it if it has something
     /// for the guest.
     fn refresh(&mut self, r: &Registry, token: u64) {
+        let pool_free = self.pool_free();
         let Some(conn) = self.conns.get_mut(&token) else {
             return;
         };
         if conn.is_finished() {
             return self.remove(r, token);
         }
-        let want = conn.interest();
+        let want = conn.interest(pool_free);
         let fd = conn.stream().as_raw_fd();
         let result = match conn.watched {
             None if want.is_empty() => Ok(()),
@@ -348,10 +471,16 @@ impl Muxer {
         h: &Header,
         payload: Result<&[u8], PacketError>,
     ) {
+        self.guest_packet(r, h, payload);
+        #[cfg(test)]
+        self.check_books();
+    }
+
+    fn guest_packet(&mut self, r: &Registry, h: &Header, payload: Result<&[u8], PacketError>) {
         if h.src_cid != self.guest_cid {
-            warn!(
-                "vsock: dropping a packet claiming to come from CID {} (the guest is {})",
-                h.src_cid, self.guest_cid
+            self.log.note(
+                "dropping a packet from a CID that is not the guest's",
+                format_args!("CID {}, the guest is {}", h.src_cid, self.guest_cid),
             );
             return;
         }
@@ -372,9 +501,12 @@ impl Muxer {
             _ => None,
         };
         if let Some(why) = problem {
-            warn!(
-                "vsock: bad packet from guest port {} to host port {}: {why}",
-                h.src_port, h.dst_port
+            self.log.note(
+                "dropping a bad packet",
+                format_args!(
+                    "guest port {} to host port {}: {why}",
+                    h.src_port, h.dst_port
+                ),
             );
             return match token {
                 Some(t) => self.reset_quietly(r, t),
@@ -398,36 +530,43 @@ impl Muxer {
                 }
             };
         };
-        let Some(conn) = self.conns.get_mut(&token) else {
-            return;
-        };
-        conn.update_peer_credit(h);
-        let result = match op {
-            Op::Request => Err(ConnError::Unexpected(Op::Request, "open")),
-            Op::Response => conn.on_response(),
-            Op::Rst => {
-                conn.on_rst();
-                self.detach(token);
-                Ok(())
-            }
-            Op::Shutdown => match conn.on_shutdown(h.flags) {
-                Ok(true) => {
-                    // Both ways shut: the guest waits for our RST to close.
-                    let rst = conn.header(Op::Rst);
-                    self.queue_rst(rst);
-                    self.detach(token);
+        let Some((result, closed)) = self.with_conn(token, |conn, _| {
+            conn.update_peer_credit(h);
+            let mut closed = None;
+            let result = match op {
+                Op::Request => Err(ConnError::Unexpected(Op::Request, "open")),
+                Op::Response => conn.on_response(),
+                Op::Rst => {
+                    conn.on_rst();
+                    closed = Some(None);
                     Ok(())
                 }
-                Ok(false) => Ok(()),
-                Err(e) => Err(e),
-            },
-            Op::Rw => conn.on_data(payload),
-            Op::CreditUpdate => Ok(()),
-            Op::CreditRequest => {
-                conn.on_credit_request();
-                Ok(())
-            }
+                Op::Shutdown => match conn.on_shutdown(h.flags) {
+                    Ok(true) => {
+                        // Both ways shut: the guest waits for our RST to close.
+                        closed = Some(Some(conn.header(Op::Rst)));
+                        Ok(())
+                    }
+                    Ok(false) => Ok(()),
+                    Err(e) => Err(e),
+                },
+                Op::Rw => conn.on_data(payload),
+                Op::CreditUpdate => Ok(()),
+                Op::CreditRequest => {
+                    conn.on_credit_request();
+                    Ok(())
+                }
+            };
+            (result, closed)
+        }) else {
+            return;
         };
+        if let Some(rst) = closed {
+            if let Some(rst) = rst {
+                self.queue_rst(rst);
+            }
+            self.detach(token);
+        }
         match result {
             Ok(()) => self.refresh(r, token),
             Err(e) => self.reset(r, token, &e),
@@ -456,8 +595,13 @@ impl Muxer {
 
     /// The guest connects to host port P: `<uds_path>_P` must be listening.
     fn guest_connect(&mut self, r: &Registry, h: &Header) {
-        if self.conns.len() >= MAX_CONNECTIONS {
-            warn!("vsock: {MAX_CONNECTIONS} connections are open; refusing the guest's connection to port {}", h.dst_port);
+        if self.conns.len() >= self.limits.connections
+            || self.guest_conns >= self.limits.guest_connections
+        {
+            self.log.note(
+                "the guest holds all the connections it may; refusing another",
+                format_args!("to port {}", h.dst_port),
+            );
             return self.refuse(h);
         }
         let path = port_path(&self.uds_path, h.dst_port);
@@ -522,17 +666,29 @@ impl Muxer {
         let Some(&token) = self.rx_queue.front() else {
             return Ok(0);
         };
-        let Some(conn) = self.conns.get_mut(&token) else {
+        let Some(written) = self.with_conn(token, |conn, pool_free| {
+            let n = conn.write_rx_packet(out, room, pool_free)?;
+            if n > 0 {
+                conn.queued_for_rx = false;
+            }
+            Ok::<_, io::Error>(n)
+        }) else {
             self.rx_queue.pop_front();
             return Ok(0);
         };
-        let n = conn.write_rx_packet(out, room)?;
+        let n = written?;
         if n > 0 {
             self.rx_queue.pop_front();
-            conn.queued_for_rx = false;
             // Back of the queue if it has more; its socket may be readable again.
             self.refresh(r, token);
         }
+        #[cfg(test)]
+        self.check_books();
         Ok(n)
     }
+}
+
+/// Everything a connection holds, both ways.
+fn held(c: &Connection) -> usize {
+    c.held_from_guest() + c.held_to_guest()
 }

@@ -16,6 +16,7 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
+use super::muxer::Limits;
 use super::packet::{Header, Op, HEADER_SIZE, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM};
 use super::unix::port_path;
 use super::*;
@@ -209,6 +210,14 @@ impl Guest {
 
     fn start() -> Guest {
         let mut g = Guest::new();
+        g.activate();
+        g
+    }
+
+    /// A running device with caps of its own, small enough to reach.
+    fn start_with(limits: Limits) -> Guest {
+        let mut g = Guest::new();
+        g.dev.limits = limits;
         g.activate();
         g
     }
@@ -434,7 +443,7 @@ fn host_initiated_stream_carries_bulk_data_both_ways_within_credit() {
     let (req, _) = g.recv_op(Op::Request);
     assert_eq!(req.dst_port, 1024);
     assert!(req.src_port >= HOST_PORT_FIRST);
-    assert_eq!(req.buf_alloc, BUF_ALLOC);
+    assert_eq!(req.buf_alloc, FIRST_WINDOW);
     let host_port = req.src_port;
 
     // A small guest receive buffer, so that the device runs out of credit often.
@@ -599,7 +608,7 @@ fn guest_initiated_connections_reach_host_listeners() {
     // The guest asks for credit: the device reports what it consumed.
     g.send(pkt(Op::CreditRequest, 40000, 5000), &[]);
     let (h, _) = g.recv_op(Op::CreditUpdate);
-    assert_eq!((h.fwd_cnt, h.buf_alloc), (4, BUF_ALLOC));
+    assert_eq!((h.fwd_cnt, h.buf_alloc), (4, FIRST_WINDOW));
 
     // The host service closes: the guest hears both directions are shut.
     drop(s);
@@ -722,6 +731,9 @@ fn a_guest_ignoring_our_credit_is_reset_without_hurting_others() {
     let (_l2, _stuck) = g.connect_to_host(43001, 8001);
     let chunk = vec![0x5a; 64 * 1024];
     let mut sent = 0;
+    // What the device let the guest send: its RESPONSE's credit, then its
+    // updates'.
+    let mut limit = FIRST_WINDOW as usize;
     'flood: loop {
         g.send(pkt(Op::Rw, 43001, 8001), &chunk);
         sent += chunk.len();
@@ -737,12 +749,15 @@ fn a_guest_ignoring_our_credit_is_reset_without_hurting_others() {
             assert_eq!(h.dst_port, 43001, "{h:?}");
             match h.op() {
                 Some(Op::Rst) => break 'flood,
-                Some(Op::CreditUpdate) => {}
+                Some(Op::CreditUpdate) => limit = (h.buf_alloc + h.fwd_cnt) as usize,
                 _ => panic!("unexpected {h:?}"),
             }
         }
     }
-    assert!(sent > BUF_ALLOC as usize, "reset after only {sent} bytes");
+    assert!(
+        sent > limit,
+        "reset after {sent} bytes, within the credit of {limit}"
+    );
 
     g.send(pkt(Op::Rw, 43000, 8000), b"ok");
     let mut buf = [0u8; 2];
@@ -802,6 +817,128 @@ fn a_reset_closes_connections_and_keeps_listening() {
     let uds = g.uds.clone();
     drop(g);
     assert!(!uds.exists(), "the socket file goes with the device");
+}
+
+#[test]
+fn the_guest_holds_only_its_share_of_connections_and_the_host_gets_through() {
+    let limits = Limits {
+        connections: 6,
+        guest_connections: 4,
+        pool: POOL,
+    };
+    let mut g = Guest::start_with(limits);
+    let listener = UnixListener::bind(port_path(&g.uds, 9100)).unwrap();
+    for port in 0..6 {
+        g.send(pkt(Op::Request, 60000 + port, 9100), &[]);
+        let (h, _) = g.recv();
+        let want = if port < 4 { Op::Response } else { Op::Rst };
+        assert_eq!(h.op(), Some(want), "connection {port}: {h:?}");
+    }
+    // The host still reaches the guest.
+    let mut client = UnixStream::connect(&g.uds).unwrap();
+    client.write_all(b"CONNECT 1024\n").unwrap();
+    assert_eq!(g.recv_op(Op::Request).0.dst_port, 1024);
+    // A connection the guest closes frees its place.
+    g.send(pkt(Op::Rst, 60000, 9100), &[]);
+    g.send(pkt(Op::Request, 60010, 9100), &[]);
+    g.recv_op(Op::Response);
+    drop(listener);
+}
+
+#[test]
+fn a_flood_against_a_host_that_never_reads_stays_within_the_vms_budget() {
+    const CONNS: u32 = 11;
+    let limits = Limits {
+        connections: 16,
+        guest_connections: CONNS as usize + 1,
+        pool: 256 * 1024,
+    };
+    let bound = limits.connections * 2 * FLOOR + limits.pool;
+    let mut g = Guest::start_with(limits);
+    let listener = UnixListener::bind(port_path(&g.uds, 9200)).unwrap();
+    // The guest gives no receive credit, so the device must keep what the
+    // host sends; and it sends all the credit it gets to a host service
+    // that reads nothing.
+    let no_room = |op, port| Header {
+        buf_alloc: 0,
+        ..pkt(op, port, 9200)
+    };
+    let mut limit = HashMap::new();
+    for port in 0..CONNS {
+        g.send(no_room(Op::Request, 61000 + port), &[]);
+        let (h, _) = g.recv_op(Op::Response);
+        limit.insert(h.dst_port, h.buf_alloc.wrapping_add(h.fwd_cnt));
+    }
+    let mut services = Vec::new();
+    for _ in 0..CONNS {
+        let (s, _) = listener.accept().unwrap();
+        s.set_nonblocking(true).unwrap();
+        let mut w = &s;
+        while w.write(&[0x3c; 64 * 1024]).is_ok() {}
+        services.push(s);
+    }
+    let mut sent: HashMap<u32, u32> = limit.keys().map(|&p| (p, 0)).collect();
+    let chunk = vec![0xa5u8; 16 * 1024];
+    let mut quiet = 0;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while quiet < 20 {
+        assert!(Instant::now() < deadline, "the flood never ended");
+        let mut progress = false;
+        for port in 61000..61000 + CONNS {
+            let credit = limit[&port].wrapping_sub(sent[&port]) as usize;
+            if credit > 0 {
+                let n = credit.min(chunk.len());
+                g.send(no_room(Op::Rw, port), &chunk[..n]);
+                *sent.get_mut(&port).unwrap() += n as u32;
+                progress = true;
+            }
+        }
+        while let Some((h, _)) = g.try_recv() {
+            progress = true;
+            match h.op() {
+                Some(Op::CreditUpdate | Op::CreditRequest) => {
+                    limit.insert(h.dst_port, h.buf_alloc.wrapping_add(h.fwd_cnt));
+                }
+                _ => panic!("unexpected {h:?}"),
+            }
+        }
+        if progress {
+            quiet = 0;
+        } else {
+            quiet += 1;
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    let held = g.dev.held.load(Ordering::Relaxed);
+    assert!(
+        held <= bound,
+        "the connections hold {held} bytes, above {bound}"
+    );
+    assert!(
+        held > limits.pool / 2,
+        "the flood did not reach the pool: {held}"
+    );
+    // Every connection got at least its floor's worth of credit.
+    assert!(limit.values().all(|&l| l as usize >= FLOOR), "{limit:?}");
+
+    // The device still serves: a new connection gets at least its floor.
+    let (_l, mut s) = g.connect_to_host(62000, 9300);
+    g.send(pkt(Op::Rw, 62000, 9300), b"still here");
+    let mut buf = [0u8; 10];
+    s.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"still here");
+    // Closing gives it all back.
+    drop(services);
+    for port in 61000..61000 + CONNS {
+        g.send(pkt(Op::Rst, port, 9200), &[]);
+    }
+    g.send(pkt(Op::Rst, 62000, 9300), &[]);
+    g.probe_through_noise();
+    let deadline = Instant::now() + TIMEOUT;
+    while g.dev.held.load(Ordering::Relaxed) != 0 {
+        assert!(Instant::now() < deadline, "buffers held after every close");
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }
 
 /// One arbitrary packet as a guest might write it: fields drawn mostly from
