@@ -35,6 +35,10 @@ use crate::reaper::Exit;
 /// path the container never sees).
 const SHARES: &str = "/run/okvm/shares";
 
+/// How long a container's end may wait for the guest's file systems to be
+/// synced before it is reported all the same.
+const SYNC_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// A process okvm-init started in the container: its end, once known, and
 /// the master of its terminal, if it has one.
 struct Tracked {
@@ -297,13 +301,34 @@ fn watch(tracked: Arc<Tracked>, exited: Receiver<Exit>, sync_first: bool) -> Res
         .spawn(move || {
             let Ok(exit) = exited.recv() else { return };
             if sync_first {
-                nix::unistd::sync();
+                sync_within(SYNC_LIMIT);
             }
             *lock(&tracked.exit) = Some(exit);
             tracked.ended.notify_all();
         })
         .map(drop)
         .map_err(|e| format!("cannot start a thread: {e}"))
+}
+
+/// Syncs the guest's file systems, so that what the container wrote is on the
+/// host before its end is reported, but waits for that at most `limit`: a
+/// sync that never returns (a wedged virtio-fs, as after the guest kernel's
+/// use-after-free oops in a virtio-fs kworker, docs/architecture.md) must not
+/// keep the container running in the eyes of its engine for ever.
+fn sync_within(limit: std::time::Duration) {
+    let (done, synced) = std::sync::mpsc::channel();
+    let started = std::thread::Builder::new()
+        .name("sync".into())
+        .spawn(move || {
+            nix::unistd::sync();
+            let _ = done.send(());
+        });
+    if started.is_ok() && synced.recv_timeout(limit).is_err() {
+        eprintln!(
+            "okvm-init: syncing the file systems took over {} s; reporting the container's end without it",
+            limit.as_secs()
+        );
+    }
 }
 
 /// Mounts the virtio-fs share `tag` at `SHARES/<tag>`, unless it already is.
