@@ -1,6 +1,7 @@
 //! The helper processes okvm's front ends start from their own binary: the
-//! sandbox (one per container, the VMM) and the exec proxy (one per process
-//! run with `exec` from the shim).
+//! sandbox (one per container, the VMM), the exec proxy (one per process
+//! run with `exec` from the shim), and the short-lived one that takes a
+//! pod container's part out of its pod's share after its helper died.
 //!
 //! Both `okvm` and `containerd-shim-okvm-v2` call [`dispatch`] first thing in
 //! `main`, so the library can start either of them as `current_exe()` with a
@@ -26,7 +27,16 @@ pub const MARKER: &str = "--okvm-internal";
 pub enum Task {
     Sandbox(sandbox::Args),
     ExecProxy(crate::cli::exec::ProxyArgs),
+    RemovePart(sandbox::PartArgs),
 }
+
+/// What a container's helper reports when the process creating the
+/// container went away before it heard that the container exists.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the process creating this container (okvm create, or the shim) is gone: ending the container"
+)]
+pub struct StarterGone;
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Invocation {
@@ -76,6 +86,7 @@ pub fn dispatch() {
     let (root, id) = match &inv.task {
         Task::Sandbox(a) => (&a.root, &a.id),
         Task::ExecProxy(a) => (&a.root, &a.id),
+        Task::RemovePart(a) => (&a.root, &a.id),
     };
     let log_file = inv
         .log
@@ -85,17 +96,50 @@ pub fn dispatch() {
     match inv.task {
         Task::Sandbox(a) => sandbox::main(a),
         Task::ExecProxy(a) => crate::cli::exec::proxy_main(a),
+        Task::RemovePart(a) => sandbox::remove_part_main(a),
     }
 }
 
 /// A helper's start-up is over: tells the starter how it went (with the guest
 /// pid of the process it follows), and on failure logs it and exits 1.
 pub fn started<T>(result: anyhow::Result<T>, guest_pid: impl Fn(&T) -> u32) -> T {
-    sandbox::Outcome::report(&result, guest_pid);
+    let _ = sandbox::Outcome::report(&result, guest_pid);
+    or_exit(result)
+}
+
+/// [`started`] for a container's helper (the sandbox, a pod container's
+/// helper): when the starter is gone, and so never learns that the
+/// container exists, the helper ends instead of keeping a container no one
+/// created (docs/oci.md, "Crashes").
+pub fn created<T>(result: anyhow::Result<T>, guest_pid: impl Fn(&T) -> u32) -> T {
+    let delivered = sandbox::Outcome::report(&result, guest_pid);
+    let value = or_exit(result);
+    if delivered.is_err() {
+        log::error!("{StarterGone}");
+        std::process::exit(1)
+    }
+    value
+}
+
+fn or_exit<T>(result: anyhow::Result<T>) -> T {
     result.unwrap_or_else(|e| {
         log::error!("{e:#}");
         std::process::exit(1)
     })
+}
+
+/// Whether the starter is gone before this helper reported its start-up:
+/// nothing reads the sync pipe any more (its read end was closed).
+pub fn starter_gone() -> bool {
+    let mut fds = [libc::pollfd {
+        fd: sandbox::SYNC_FD,
+        events: 0,
+        revents: 0,
+    }];
+    // SAFETY: one pollfd on the stack and its count; a zero timeout. Only
+    // looks at the fd, which stays this process's.
+    let n = unsafe { libc::poll(fds.as_mut_ptr(), 1, 0) };
+    n == 1 && fds[0].revents & libc::POLLERR != 0
 }
 
 /// Starts `task` as a child of this process, logging as `ctx` says, with
@@ -146,6 +190,22 @@ pub fn spawn(
     Ok((pid, sandbox::Outcome::read(read)))
 }
 
+/// How helper `pid`, which ended without reporting its start-up, ended
+/// (for the error message; it is left for its parent to reap): e.g.
+/// " (killed: signal 9, SIGKILL)", or nothing if that is not known within a
+/// second.
+pub fn how_it_ended(pid: u32) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    loop {
+        match crate::procs::ended(pid, false) {
+            Some(e @ crate::procs::Exit::Signal(_)) => return format!(" (killed: {e})"),
+            Some(e) => return format!(" ({e})"),
+            None if std::time::Instant::now() > deadline => return String::new(),
+            None => std::thread::sleep(std::time::Duration::from_millis(10)),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -163,6 +223,18 @@ mod tests {
                 console_socket: None,
                 pod: Some("p1".into()),
                 config: crate::config::Config::default(),
+            }),
+        };
+        let back: Invocation = serde_json::from_str(&serde_json::to_string(&inv).unwrap()).unwrap();
+        assert_eq!(format!("{back:?}"), format!("{inv:?}"));
+        let inv = Invocation {
+            log: None,
+            log_format: None,
+            debug: false,
+            task: Task::RemovePart(sandbox::PartArgs {
+                root: "/run/okvm".into(),
+                id: "c2".into(),
+                pod: "p1".into(),
             }),
         };
         let back: Invocation = serde_json::from_str(&serde_json::to_string(&inv).unwrap()).unwrap();

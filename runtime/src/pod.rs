@@ -551,6 +551,7 @@ mod tests {
         Procs {
             sandbox: Some(crate::procs::Proc::me()),
             helpers: vec![],
+            creator: None,
         }
         .save(&root.path().join("podman-infra"))
         .unwrap();

@@ -73,12 +73,79 @@ impl Proc {
     }
 }
 
-/// What a sandbox records about the processes it started.
+/// How a child process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    Code(i32),
+    Signal(i32),
+}
+
+impl Exit {
+    /// From `waitid`'s report: its `si_code` and `si_status`; None for a
+    /// child that only stopped, continued or was trapped.
+    pub fn from_siginfo(code: i32, status: i32) -> Option<Exit> {
+        match code {
+            libc::CLD_EXITED => Some(Exit::Code(status)),
+            libc::CLD_KILLED | libc::CLD_DUMPED => Some(Exit::Signal(status)),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            Exit::Code(c) => write!(f, "exit code {c}"),
+            Exit::Signal(n) => match nix::sys::signal::Signal::try_from(n) {
+                Ok(s) => write!(f, "signal {n}, {s}"),
+                Err(_) => write!(f, "signal {n}"),
+            },
+        }
+    }
+}
+
+/// Waits for child `pid` of this process to end, without reaping it (its
+/// `Child`, or whoever waits for it, still gets its status): blocking, or
+/// only looking when `block` is false (None: it has not ended yet).
+pub fn ended(pid: u32, block: bool) -> Option<Exit> {
+    let mut flags = libc::WEXITED | libc::WNOWAIT;
+    if !block {
+        flags |= libc::WNOHANG;
+    }
+    loop {
+        // SAFETY: a zeroed siginfo_t is valid for waitid to fill in; it
+        // lives on the stack for the call.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: plain integers and a pointer to that siginfo_t.
+        let rc = unsafe { libc::waitid(libc::P_PID, pid, &mut info, flags) };
+        if rc != 0 {
+            if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            return None;
+        }
+        // SAFETY: waitid filled in a SIGCHLD siginfo (or left it zeroed,
+        // pid 0, with WNOHANG), whose status field these read.
+        let (child, status) = unsafe { (info.si_pid(), info.si_status()) };
+        if child == 0 {
+            return None;
+        }
+        return Exit::from_siginfo(info.si_code, status);
+    }
+}
+
+/// What a sandbox records about the processes it started, and `create`
+/// about itself.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Procs {
     pub sandbox: Option<Proc>,
     #[serde(default)]
     pub helpers: Vec<Proc>,
+    /// The process that is creating the container (`okvm create`, the
+    /// shim): while the state is `creating`, the container lives only as
+    /// long as it does. Never killed by `delete`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub creator: Option<Proc>,
 }
 
 impl Procs {
@@ -95,7 +162,17 @@ impl Procs {
         std::fs::rename(tmp, dir.join(FILE))
     }
 
-    /// Every recorded process, sandbox first.
+    /// Records the calling process as the container's sandbox (or a pod
+    /// container's helper), keeping what else was recorded.
+    pub fn record_sandbox(dir: &Path) -> std::io::Result<Procs> {
+        let mut procs = Procs::load(dir);
+        procs.sandbox = Some(Proc::me());
+        procs.save(dir)?;
+        Ok(procs)
+    }
+
+    /// Every recorded process that `delete` ends, sandbox first (not the
+    /// creator).
     pub fn all(&self) -> impl Iterator<Item = &Proc> {
         self.sandbox.iter().chain(self.helpers.iter())
     }
@@ -115,6 +192,30 @@ mod tests {
         };
         assert!(!other.alive());
         assert!(Proc::of(-5).is_none());
+    }
+
+    #[test]
+    fn a_childs_end_is_seen_without_reaping_it() {
+        let mut c = std::process::Command::new("sleep")
+            .arg("100")
+            .spawn()
+            .unwrap();
+        assert_eq!(ended(c.id(), false), None);
+        c.kill().unwrap();
+        assert_eq!(ended(c.id(), true), Some(Exit::Signal(9)));
+        // Not reaped: its Child still gets the status.
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(c.wait().unwrap().signal(), Some(9));
+        let mut c = std::process::Command::new("sh")
+            .args(["-c", "exit 3"])
+            .spawn()
+            .unwrap();
+        assert_eq!(ended(c.id(), true), Some(Exit::Code(3)));
+        assert_eq!(c.wait().unwrap().code(), Some(3));
+        assert_eq!(Exit::Signal(9).to_string(), "signal 9, SIGKILL");
+        assert_eq!(Exit::Code(3).to_string(), "exit code 3");
+        assert_eq!(Exit::Signal(99).to_string(), "signal 99");
+        assert_eq!(Exit::from_siginfo(libc::CLD_STOPPED, 19), None);
     }
 
     #[test]

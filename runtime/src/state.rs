@@ -61,6 +61,29 @@ impl Status {
     }
 }
 
+impl Status {
+    /// What the recorded status means now, given the recorded processes and
+    /// which of them are `alive`: a container whose sandbox process is gone
+    /// has stopped, and so has one still `creating` whose creator (`okvm
+    /// create`, the shim) is gone, as no one will ever finish creating it.
+    /// (Its sandbox, should it still run, notices and ends; `delete` kills
+    /// it all the same.)
+    pub fn now(
+        self,
+        procs: &crate::procs::Procs,
+        alive: impl Fn(&crate::procs::Proc) -> bool,
+    ) -> Status {
+        let gone = |p: Option<crate::procs::Proc>| !p.as_ref().is_some_and(&alive);
+        match self {
+            Status::Created | Status::Running | Status::Paused if gone(procs.sandbox) => {
+                Status::Stopped
+            }
+            Status::Creating if procs.creator.is_some() && gone(procs.creator) => Status::Stopped,
+            other => other,
+        }
+    }
+}
+
 impl std::fmt::Display for Status {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let s = match self {
@@ -245,19 +268,14 @@ impl Container {
         std::fs::rename(&tmp, &path).map_err(|e| io("cannot replace", e))
     }
 
-    /// The recorded state, corrected by what is true now: a container whose
-    /// sandbox process is gone has stopped, whatever the file says.
+    /// The recorded state, corrected by what is true now (see
+    /// [`Status::now`]).
     pub fn current(&self) -> Result<State, Error> {
         let mut state = self.load()?;
-        if matches!(
-            state.status,
-            Status::Created | Status::Running | Status::Paused
-        ) {
-            let sandbox = crate::procs::Procs::load(&self.dir).sandbox;
-            if !sandbox.is_some_and(|p| p.alive()) {
-                state.status = Status::Stopped;
-            }
-        }
+        state.status = state.status.now(
+            &crate::procs::Procs::load(&self.dir),
+            crate::procs::Proc::alive,
+        );
         Ok(state)
     }
 
@@ -360,6 +378,39 @@ mod tests {
     }
 
     #[test]
+    fn a_container_whose_processes_are_gone_has_stopped() {
+        use crate::procs::{Proc, Procs};
+        use Status::*;
+        let (live, dead) = (Proc { pid: 1, start: 1 }, Proc { pid: 2, start: 2 });
+        let alive = |p: &Proc| p.pid == live.pid;
+        let procs = |sandbox, creator| Procs {
+            sandbox,
+            helpers: vec![],
+            creator,
+        };
+        for status in [Created, Running, Paused] {
+            assert_eq!(status.now(&procs(Some(live), None), alive), status);
+            assert_eq!(status.now(&procs(Some(dead), None), alive), Stopped);
+            assert_eq!(status.now(&procs(None, None), alive), Stopped);
+            // The creator no longer matters once created.
+            assert_eq!(status.now(&procs(Some(live), Some(dead)), alive), status);
+        }
+        // Creating: its creator decides, whether or not a sandbox runs yet.
+        assert_eq!(Creating.now(&procs(None, Some(live)), alive), Creating);
+        assert_eq!(
+            Creating.now(&procs(Some(dead), Some(live)), alive),
+            Creating
+        );
+        assert_eq!(Creating.now(&procs(None, Some(dead)), alive), Stopped);
+        assert_eq!(Creating.now(&procs(Some(live), Some(dead)), alive), Stopped);
+        // Recorded by an okvm that did not record creators: as before.
+        assert_eq!(Creating.now(&procs(None, None), alive), Creating);
+        assert_eq!(Stopped.now(&procs(Some(live), Some(live)), alive), Stopped);
+        // A stopped container may be deleted without --force.
+        assert!(Stopped.allows(Action::Delete) && !Creating.allows(Action::Delete));
+    }
+
+    #[test]
     fn ids_are_checked_before_touching_the_disk() {
         for bad in ["", "../x", "a/b", ".hidden", "sp ace", "nul\0"] {
             assert!(matches!(validate_id(bad), Err(Error::BadId(_))), "{bad:?}");
@@ -391,6 +442,7 @@ mod tests {
         crate::procs::Procs {
             sandbox: Some(sandbox),
             helpers: vec![],
+            creator: None,
         }
         .save(&c.dir)
         .unwrap();

@@ -2,12 +2,15 @@
 //!
 //! virtiofsd serves one directory per instance, so a VM with several tags runs
 //! several. Each one dies with okvm (parent-death signal) and is stopped and
-//! reaped when its [`Virtiofsd`] handle drops, so none outlives the VM.
+//! reaped when its [`Virtiofsd`] handle drops, so none outlives the VM; one
+//! that ends on its own is noticed ([`Virtiofsd::on_exit`]).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -68,6 +71,8 @@ pub struct Virtiofsd {
     socket: PathBuf,
     /// Copies its stderr into its log, until it exits.
     log_relay: Option<JoinHandle<()>>,
+    /// Set before the handle stops it: its end is then no news.
+    stopping: Arc<AtomicBool>,
 }
 
 impl Virtiofsd {
@@ -127,6 +132,7 @@ impl Virtiofsd {
             child,
             socket: socket.into(),
             log_relay,
+            stopping: Arc::default(),
         };
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
@@ -162,6 +168,25 @@ impl Virtiofsd {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Calls `then`, on a thread of its own, with how virtiofsd ended if it
+    /// ends by itself (killed, crashed) rather than through this handle.
+    pub fn on_exit(&self, then: impl FnOnce(crate::procs::Exit) + Send + 'static) {
+        let (pid, stopping) = (self.child.id(), self.stopping.clone());
+        let watched = std::thread::Builder::new()
+            .name("virtiofsd-exit".into())
+            .spawn(move || {
+                // Not reaped here: the handle still waits for it.
+                if let Some(how) = crate::procs::ended(pid, true) {
+                    if !stopping.load(Ordering::SeqCst) {
+                        then(how)
+                    }
+                }
+            });
+        if let Err(e) = watched {
+            log::warn!("cannot watch virtiofsd: {e}");
+        }
     }
 
     /// Once virtiofsd has exited: waits until its last words are in its log.
@@ -216,6 +241,7 @@ impl Drop for Virtiofsd {
         // SIGKILL: virtiofsd keeps serving on SIGTERM while a VMM is still
         // connected, and it has nothing to flush (writes reach the host file
         // system synchronously).
+        self.stopping.store(true, Ordering::SeqCst);
         let _ = self.child.kill();
         let _ = self.child.wait();
         self.end_log_relay();
@@ -252,6 +278,40 @@ mod tests {
         // Written within a second: the burst only.
         assert_eq!(lines.len(), okvm_vmm::ratelimit::BURST as usize, "{text}");
         assert!(lines[0].ends_with("version: 0.0"));
+    }
+
+    fn sleeping() -> Virtiofsd {
+        Virtiofsd {
+            child: Command::new("sleep").arg("100").spawn().unwrap(),
+            socket: "/nonexistent/okvm-test.sock".into(),
+            log_relay: None,
+            stopping: Arc::default(),
+        }
+    }
+
+    #[test]
+    fn an_end_of_its_own_is_noticed_and_a_stop_is_not() {
+        let fsd = sleeping();
+        let (tx, rx) = std::sync::mpsc::channel();
+        fsd.on_exit(move |how| tx.send(how).unwrap());
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(fsd.pid() as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        let how = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(how, crate::procs::Exit::Signal(9));
+        drop(fsd);
+
+        let fsd = sleeping();
+        let (tx, rx) = std::sync::mpsc::channel();
+        fsd.on_exit(move |how| tx.send(how).unwrap());
+        drop(fsd);
+        // The watcher saw the stop and said nothing.
+        assert!(matches!(
+            rx.recv_timeout(Duration::from_secs(10)),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected)
+        ));
     }
 
     #[test]

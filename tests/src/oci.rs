@@ -319,6 +319,11 @@ impl Bundle {
         self.dir.join("rootfs")
     }
 
+    /// Its `config.json`.
+    pub fn config(&self) -> Value {
+        serde_json::from_slice(&std::fs::read(self.dir.join("config.json")).unwrap()).unwrap()
+    }
+
     pub fn write_config(&self, config: &Value) {
         let text = serde_json::to_string_pretty(config).unwrap();
         std::fs::write(self.dir.join("config.json"), text).unwrap();
@@ -601,6 +606,28 @@ impl HostProcess {
     }
 }
 
+/// Every process's pid and command line (arguments joined by spaces).
+fn command_lines() -> Vec<(i64, String)> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let pid = e.file_name().to_string_lossy().parse::<i64>().ok()?;
+            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+            Some((pid, String::from_utf8_lossy(&cmdline).replace('\0', " ")))
+        })
+        .collect()
+}
+
+/// The running processes whose command line contains every one of `needles`.
+pub fn processes_naming(needles: &[&str]) -> Vec<HostProcess> {
+    command_lines()
+        .into_iter()
+        .filter(|(_, c)| needles.iter().all(|n| c.contains(n)))
+        .filter_map(|(pid, _)| HostProcess::find(pid))
+        .collect()
+}
+
 /// The `pid` field of a state, asserting it names a process (> 0).
 #[track_caller]
 pub fn state_pid(state: &Value) -> i64 {
@@ -622,13 +649,10 @@ pub fn assert_no_trace(sb: &Sandbox, id: &str) {
     assert!(!mounts.contains(id), "a mount names {id}:\n{mounts}");
     let deadline = Instant::now() + GONE_TIMEOUT;
     loop {
-        let procs: Vec<String> = std::fs::read_dir("/proc")
-            .unwrap()
-            .flatten()
-            .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
-            .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
-            .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
-            .filter(|c| c.contains(id))
+        let procs: Vec<String> = command_lines()
+            .into_iter()
+            .filter(|(_, c)| c.contains(id))
+            .map(|(_, c)| c)
             .collect();
         if procs.is_empty() {
             return;

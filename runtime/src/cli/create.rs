@@ -66,7 +66,7 @@ pub fn create(ctx: &Context, opts: &Options) -> anyhow::Result<u32> {
         Ok(pid) => Ok(pid),
         Err(e) => {
             // Nothing of a failed create stays behind.
-            super::delete::destroy(container);
+            super::delete::destroy(ctx, container);
             Err(e)
         }
     }
@@ -90,6 +90,14 @@ fn start_sandbox(
         created: now_rfc3339(),
         pod: pod.clone(),
     };
+    // Until it is created, the container lives as long as this process:
+    // `state` reports one whose creator is gone as stopped.
+    crate::procs::Procs {
+        creator: Some(crate::procs::Proc::me()),
+        ..Default::default()
+    }
+    .save(&container.dir)
+    .with_context(|| format!("cannot write {}", container.dir.display()))?;
     container.save(&state)?;
 
     let task = crate::internal::Task::Sandbox(sandbox::Args {
@@ -103,9 +111,16 @@ fn start_sandbox(
     let (pid, outcome) = crate::internal::spawn(ctx, task, opts.stdio)?;
     match outcome.as_ref().map(Outcome::error) {
         Some(None) => {}
-        Some(Some(e)) => return Err(e),
+        Some(Some(e)) => {
+            // It exits once it reported: gone before its remains are removed.
+            if let Some(helper) = crate::procs::Proc::of(pid as i32) {
+                helper.wait_gone(std::time::Duration::from_secs(10));
+            }
+            return Err(e);
+        }
         None => bail!(
-            "the sandbox process ended during start-up{}",
+            "the sandbox process ended during start-up{}{}",
+            crate::internal::how_it_ended(pid),
             log_hint(&container.dir)
         ),
     }

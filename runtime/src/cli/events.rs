@@ -247,6 +247,7 @@ mod tests {
         crate::procs::Procs {
             sandbox: Some(crate::procs::Proc::me()),
             helpers: vec![],
+            creator: None,
         }
         .save(&c.dir)
         .unwrap();

@@ -65,13 +65,25 @@ pub(crate) fn send(
     signal: Signal,
     all: bool,
 ) -> anyhow::Result<()> {
+    answer(address, pid, signal, all)?.map_err(|message| anyhow!("{message}"))
+}
+
+/// The guest's answer to a signal: `Err` with its message when it could not
+/// deliver it (e.g. it has no such container); the outer error when it gave
+/// no answer.
+pub(crate) fn answer(
+    address: &Address,
+    pid: Option<u32>,
+    signal: Signal,
+    all: bool,
+) -> anyhow::Result<Result<(), String>> {
     match address.call(RequestBody::Signal {
         pid,
         signal: signal as i32,
         all,
     })? {
-        ResponseBody::Done => Ok(()),
-        ResponseBody::Error { message } => Err(anyhow!("{message}")),
+        ResponseBody::Done => Ok(Ok(())),
+        ResponseBody::Error { message } => Ok(Err(message)),
         other => bail!(crate::guest::unexpected("kill", &other)),
     }
 }

@@ -29,7 +29,7 @@ pub fn run(ctx: &Context, args: liboci_cli::Run) -> anyhow::Result<ExitCode> {
     )?;
     if let Err(e) = super::start::start(ctx, &args.container_id) {
         if let Ok(c) = Container::open(&ctx.root, &args.container_id) {
-            super::delete::destroy(c);
+            super::delete::destroy(ctx, c);
         }
         return Err(e);
     }
@@ -54,7 +54,7 @@ pub fn run(ctx: &Context, args: liboci_cli::Run) -> anyhow::Result<ExitCode> {
     };
     if !args.keep {
         if let Ok(c) = Container::open(&ctx.root, &args.container_id) {
-            super::delete::destroy(c);
+            super::delete::destroy(ctx, c);
         }
     }
     exit_like(status.0, status.1)

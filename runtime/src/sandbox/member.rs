@@ -9,7 +9,10 @@
 //! gives it its own mount, UTS and pid namespaces, and it gets the pod's
 //! hostname unless its spec names one.
 
+use std::path::{Path, PathBuf};
+
 use anyhow::{anyhow, Context as _};
+use serde::{Deserialize, Serialize};
 
 use super::{check_console, create_in_guest, exit_like, share, wait_end, Args, SHARE, VSOCK};
 use crate::bundle::Bundle;
@@ -18,9 +21,50 @@ use crate::procs::{Proc, Procs};
 use crate::relay;
 use crate::state::Container;
 
+/// In a pod container's state directory once its helper handed the
+/// container to the guest (sent `Create`): the guest may hold it, and may
+/// have looked into its part of the share.
+const IN_GUEST: &str = "in-guest";
+
+/// Whether the pod container in state directory `dir` was handed to its
+/// pod's guest (see [`IN_GUEST`]).
+pub fn handed_to_guest(dir: &Path) -> bool {
+    dir.join(IN_GUEST).exists()
+}
+
 /// The helper's whole life; never returns.
 pub fn main(args: Args, pod: String) -> ! {
-    crate::internal::started(join(&args, &pod), |m| m.guest_pid).run()
+    crate::internal::created(join(&args, &pod), |m| m.guest_pid).run()
+}
+
+/// What the helper that takes a part out of a pod's share needs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PartArgs {
+    pub root: PathBuf,
+    /// The pod container whose part it is.
+    pub id: String,
+    /// The pod's sandbox container.
+    pub pod: String,
+}
+
+/// Takes pod container `id`'s part out of its pod's share, in the pod
+/// sandbox's mount namespace, for `delete` (which may run in a
+/// multi-threaded shim, where setns cannot): its own helper died before it
+/// handed the container to the guest, so the guest never saw the part, and
+/// nothing else would ever detach it before the pod ends.
+pub fn remove_part_main(args: PartArgs) -> ! {
+    let removed = (|| {
+        let sandbox = Container::open(&args.root, &args.pod)?;
+        let vm = Procs::load(&sandbox.dir)
+            .sandbox
+            .filter(Proc::alive)
+            .ok_or_else(|| anyhow!("the VM of pod sandbox {} is not running", args.pod))?;
+        share::enter_namespace_of(vm.pid)?;
+        share::remove_part(&sandbox.dir.join(SHARE), &args.id)?;
+        anyhow::Ok(())
+    })();
+    crate::internal::started(removed, |()| 0);
+    std::process::exit(0)
 }
 
 struct Member {
@@ -31,6 +75,9 @@ struct Member {
 }
 
 fn join(args: &Args, pod: &str) -> anyhow::Result<Member> {
+    let dir = args.root.join(&args.id);
+    // First of all, so that `delete` finds this helper whenever it comes.
+    Procs::record_sandbox(&dir).context("cannot record the container's helper")?;
     let bundle = Bundle::load(&args.bundle)?;
     let part = format!("{}/{}", share::POD_CONTAINERS, args.id);
     let mut plan = bundle.plan_in(&args.id, &part, &args.config)?;
@@ -56,12 +103,6 @@ fn join(args: &Args, pod: &str) -> anyhow::Result<Member> {
     let share = sandbox.dir.join(SHARE);
     share::add_part(&share, &args.id, trees)?;
     let result = (|| {
-        Procs {
-            sandbox: Some(Proc::me()),
-            helpers: Vec::new(),
-        }
-        .save(&args.root.join(&args.id))
-        .context("cannot record the container's helper")?;
         let address = Address {
             uds: sandbox.dir.join(VSOCK),
             container: Some(args.id.clone()),
@@ -72,6 +113,8 @@ fn join(args: &Args, pod: &str) -> anyhow::Result<Member> {
             args.console_socket.as_deref(),
         )?;
         let mut client = address.connect()?;
+        std::fs::write(dir.join(IN_GUEST), b"")
+            .with_context(|| format!("cannot write {}", dir.display()))?;
         let (guest_pid, attached) = create_in_guest(&mut client, plan.container, pending)?;
         Ok(Member {
             client,
@@ -81,7 +124,9 @@ fn join(args: &Args, pod: &str) -> anyhow::Result<Member> {
         })
     })();
     if result.is_err() {
-        share::remove_part(&share, &args.id);
+        if let Err(e) = share::remove_part(&share, &args.id) {
+            log::warn!("{e}");
+        }
     }
     result
 }
@@ -94,7 +139,7 @@ impl Member {
         // use-after-free in iput) when the pod's next container exited.
         match wait_end(self.client, &self.address, None, self.attached) {
             Some((code, signal)) => exit_like(code, signal),
-            None => std::process::exit(255),
+            None => std::process::exit(super::LOST.into()),
         }
     }
 }

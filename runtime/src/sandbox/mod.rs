@@ -29,6 +29,7 @@ use crate::relay::Ports;
 use crate::virtiofsd::Virtiofsd;
 use crate::{assets, network, relay};
 pub use ending::Ending;
+pub use member::{handed_to_guest, remove_part_main, PartArgs};
 
 /// The write end of the pipe `create` reads the outcome from.
 pub const SYNC_FD: RawFd = 3;
@@ -36,10 +37,14 @@ pub const SYNC_FD: RawFd = 3;
 pub const VSOCK: &str = "vsock";
 pub const CONSOLE: &str = "console.log";
 pub const LOG: &str = "sandbox.log";
-const SHARE: &str = "share";
+pub const SHARE: &str = "share";
 const FS_SOCKET: &str = "fs.sock";
 /// Host vsock ports of the container process's streams (`base..base+3`).
 pub const CONTAINER_PORTS: u32 = 1100;
+/// How the sandbox (a pod container's helper, an exec proxy) exits when the
+/// process it stands for ended in a way nobody saw: the VM failed, the guest
+/// was lost, virtiofsd died (docs/oci.md, "Crashes").
+pub const LOST: u8 = ending::NONSENSE;
 /// After the process ended, its last output may still be on its way.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -75,8 +80,12 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    /// Sends the outcome of start-up to the starter and lets go of the pipe.
-    pub fn report<T>(result: &anyhow::Result<T>, guest_pid: impl Fn(&T) -> u32) {
+    /// Sends the outcome of start-up to the starter and lets go of the pipe;
+    /// fails when the starter is gone.
+    pub fn report<T>(
+        result: &anyhow::Result<T>,
+        guest_pid: impl Fn(&T) -> u32,
+    ) -> std::io::Result<()> {
         // SAFETY: the starter passed the pipe as fd 3 and nothing else in this
         // process uses that number; the File takes ownership of it.
         let mut sync = unsafe { std::fs::File::from_raw_fd(SYNC_FD) };
@@ -89,7 +98,7 @@ impl Outcome {
                 .and_then(crate::guest::timed_out)
                 .cloned(),
         };
-        let _ = sync.write_all(&serde_json::to_vec(&outcome).unwrap_or_default());
+        sync.write_all(&serde_json::to_vec(&outcome).unwrap_or_default())
     }
 
     /// The helper's error, if it reported one: typed again where it was
@@ -134,7 +143,7 @@ pub fn main(args: Args) -> ! {
     if let Some(pod) = args.pod.clone() {
         member::main(args, pod)
     }
-    crate::internal::started(prepare(&args), |r| r.guest_pid).run()
+    crate::internal::created(prepare(&args), |r| r.guest_pid).run()
 }
 
 struct Running {
@@ -148,6 +157,10 @@ struct Running {
 
 fn prepare(args: &Args) -> anyhow::Result<Running> {
     let dir = args.root.join(&args.id);
+    // First of all, so that `delete` finds whatever this process makes
+    // from here on, whenever it comes.
+    let mut procs =
+        Procs::record_sandbox(&dir).with_context(|| format!("cannot write {}", dir.display()))?;
     let bundle = Bundle::load(&args.bundle)?;
     let mut plan = bundle.plan(&args.id, &args.config)?;
     let net_mode = network::Mode::of(&bundle.spec)?;
@@ -185,12 +198,18 @@ fn prepare(args: &Args) -> anyhow::Result<Running> {
         &dir.join("virtiofsd.log"),
         plan.mem_mib,
     )?;
+    // The container's files are virtiofsd's to serve: without it the
+    // container cannot go on (it would hang on its next file access), so
+    // its end ends the container, with the reason in this log.
+    virtiofsd.on_exit(|how| {
+        log::error!(
+            "virtiofsd exited ({how}): the container's root filesystem is gone; ending the container"
+        );
+        std::process::exit(LOST.into())
+    });
     // After virtiofsd started: it sets its own limit.
     okvm_vmm::vm::limit_open_files().context("cannot limit the sandbox's open files")?;
-    let procs = Procs {
-        sandbox: Some(Proc::me()),
-        helpers: Proc::of(virtiofsd.pid() as i32).into_iter().collect(),
-    };
+    procs.helpers = Proc::of(virtiofsd.pid() as i32).into_iter().collect();
     procs
         .save(&dir)
         .with_context(|| format!("cannot write {}", dir.display()))?;
@@ -239,7 +258,7 @@ fn prepare(args: &Args) -> anyhow::Result<Running> {
                 Ok(_) => log::error!("the guest powered off before the container ended{tail}"),
                 Err(e) => log::error!("the VM failed: {e}{tail}"),
             }
-            std::process::exit(255)
+            std::process::exit(LOST.into())
         })
         .context("cannot start the VMM thread")?;
 
@@ -306,10 +325,13 @@ fn accept_ready(
 ) -> anyhow::Result<std::os::unix::net::UnixStream> {
     let limit = crate::guest::boot_timeout();
     let deadline = Instant::now() + limit;
-    let stream = relay::accept_while(listener, || !vmm.is_finished() && Instant::now() < deadline)
-        .context("waiting for the guest")?;
+    let stream = relay::accept_while(listener, || {
+        !vmm.is_finished() && Instant::now() < deadline && !crate::internal::starter_gone()
+    })
+    .context("waiting for the guest")?;
     match stream {
         Some(s) => Ok(s),
+        None if crate::internal::starter_gone() => Err(crate::internal::StarterGone.into()),
         None if vmm.is_finished() => bail!("the VM stopped before the guest was ready"),
         None => bail!(
             "the guest was not ready within {} s{}",
@@ -346,7 +368,7 @@ impl Running {
 pub fn follow(client: Client, address: &Address, pid: Option<u32>, attached: relay::Attached) -> ! {
     match wait_end(client, address, pid, attached) {
         Some((code, signal)) => exit_like(code, signal),
-        None => std::process::exit(255),
+        None => std::process::exit(LOST.into()),
     }
 }
 

@@ -170,16 +170,20 @@ pub fn add_part(share: &Path, id: &str, trees: Vec<Tree>) -> Result<(), Error> {
         .map_err(share_err("open", part))
         .and_then(|at| attach_part(at.as_fd(), trees, &[]));
     if attached.is_err() {
-        remove_part(share, id);
+        if let Err(e) = remove_part(share, id) {
+            log::warn!("{e}");
+        }
     }
     attached
 }
 
 /// Takes a pod container's part out of the live share again (after a failed
-/// start: a part that served a container stays until the pod ends, see
-/// `member`).
-pub fn remove_part(share: &Path, id: &str) {
-    detach(&share.join(POD_CONTAINERS).join(id));
+/// start, or a helper that died before the guest saw its part: a part that
+/// served a container stays until the pod ends, see `member`). A part that
+/// is not there is fine.
+pub fn remove_part(share: &Path, id: &str) -> Result<(), Error> {
+    let part = format!("{POD_CONTAINERS}/{id}");
+    detach(&share.join(&part));
     let removed = rustix::fs::open(
         share,
         OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
@@ -188,8 +192,9 @@ pub fn remove_part(share: &Path, id: &str) {
     .and_then(|top| writable_view(top.as_fd()))
     .and_then(|w| beneath(w.as_fd(), POD_CONTAINERS, true))
     .and_then(|c| rustix::fs::unlinkat(&c, id, rustix::fs::AtFlags::REMOVEDIR));
-    if let Err(e) = removed {
-        log::warn!("cannot remove {POD_CONTAINERS}/{id} from the share: {e}");
+    match removed {
+        Ok(()) | Err(rustix::io::Errno::NOENT) => Ok(()),
+        Err(e) => Err(share_err("remove", part)(e)),
     }
 }
 
