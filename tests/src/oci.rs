@@ -18,10 +18,12 @@ use tempfile::TempDir;
 /// Names the runtime under test: a path to a runc-compatible binary.
 pub const RUNTIME_ENV: &str = "OKVM_CONFORMANCE_RUNTIME";
 
-/// Upper bound for one runtime invocation. Generous because a microVM runtime boots a
-/// guest on `create`; a runtime that needs longer than this is hung as far as a user
-/// is concerned.
-pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
+/// Upper bound for one runtime invocation: a guard against a hung runtime, not a
+/// measure of speed. A microVM runtime boots a guest on `create`, and okvm gives
+/// that boot 120 s before it fails with its own message (`OKVM_BOOT_TIMEOUT`);
+/// the guard is longer, so that a slow boot (a nested, emulated, loaded host)
+/// ends in okvm's words rather than in the harness's kill.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(150);
 
 /// Upper bound for a container to reach a state, or its process to leave a marker.
 pub const STATE_TIMEOUT: Duration = Duration::from_secs(20);
