@@ -11,7 +11,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-const PANIC: &str = "Kernel panic - not syncing";
+pub(crate) const PANIC: &str = "Kernel panic - not syncing";
 /// Longest console line kept while looking for the panic message.
 const MAX_LINE: usize = 512;
 
@@ -100,6 +100,12 @@ impl CappedFile {
     /// Creates (or truncates) the file at `path`.
     pub fn create(path: &Path) -> io::Result<Self> {
         Ok(Self::with_max(open(path)?, MAX_FILE))
+    }
+
+    /// A file at `path` bounded by `max` bytes (the console fuzz target's).
+    #[cfg(feature = "fuzzing")]
+    pub(crate) fn create_with_max(path: &Path, max: u64) -> io::Result<Self> {
+        Ok(Self::with_max(open(path)?, max))
     }
 
     fn with_max(file: File, max: u64) -> Self {

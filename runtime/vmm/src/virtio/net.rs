@@ -69,7 +69,7 @@ const ETH_HLEN: usize = 14;
 /// and the vnet header in front.
 pub const MAX_FRAME_LEN: usize = VNET_HDR_LEN + ETH_HLEN + 65536;
 /// Anything shorter is not an Ethernet frame.
-const MIN_FRAME_LEN: usize = VNET_HDR_LEN + ETH_HLEN;
+pub const MIN_FRAME_LEN: usize = VNET_HDR_LEN + ETH_HLEN;
 /// Frames per direction per wake-up, so that a flood one way cannot starve
 /// the other.
 const BUDGET: usize = 64;
@@ -193,6 +193,26 @@ impl VirtioDevice for Net {
 
     fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {
         self.worker = None;
+        let interrupt = activation.interrupt.clone();
+        let handler = self.handler(activation)?;
+        let worker =
+            Worker::spawn(super::device_name(DEVICE_TYPE), handler, interrupt).map_err(|e| {
+                ActivateError(format!("virtio-net: cannot start the worker thread: {e}"))
+            })?;
+        self.worker = Some(worker);
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        // Stops and joins the thread; frames it had pending are lost, as on a
+        // real card's reset.
+        self.worker = None;
+    }
+}
+
+impl Net {
+    /// What `activate` runs on the device's thread.
+    fn handler(&mut self, activation: Activation) -> Result<NetHandler, ActivateError> {
         let Activation {
             mem,
             queues,
@@ -218,22 +238,19 @@ impl VirtioDevice for Net {
         self.host
             .set_offload(tun_offload(features))
             .map_err(|e| refuse(&format!("cannot configure the host side's offloads: {e}")))?;
-        let handler = NetHandler {
-            dp: Datapath::new(mem, rx, tx, self.host.clone(), features, interrupt.clone()),
+        Ok(NetHandler {
+            dp: Datapath::new(mem, rx, tx, self.host.clone(), features, interrupt),
             rx_event,
             tx_event,
             registered: EventSet::empty(),
-        };
-        let worker = Worker::spawn(super::device_name(DEVICE_TYPE), handler, interrupt)
-            .map_err(|e| refuse(&format!("cannot start the worker thread: {e}")))?;
-        self.worker = Some(worker);
-        Ok(())
+        })
     }
+}
 
-    fn reset(&mut self) {
-        // Stops and joins the thread; frames it had pending are lost, as on a
-        // real card's reset.
-        self.worker = None;
+#[cfg(feature = "fuzzing")]
+impl crate::fuzzing::Serve for Net {
+    fn serve(&mut self, a: Activation) -> Result<Box<dyn Handler>, ActivateError> {
+        Ok(Box::new(self.handler(a)?))
     }
 }
 
