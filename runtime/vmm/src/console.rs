@@ -102,13 +102,7 @@ impl CappedFile {
         Ok(Self::with_max(open(path)?, MAX_FILE))
     }
 
-    /// A file at `path` bounded by `max` bytes (the console fuzz target's).
-    #[cfg(feature = "fuzzing")]
-    pub(crate) fn create_with_max(path: &Path, max: u64) -> io::Result<Self> {
-        Ok(Self::with_max(open(path)?, max))
-    }
-
-    fn with_max(file: File, max: u64) -> Self {
+    pub(crate) fn with_max(file: File, max: u64) -> Self {
         CappedFile {
             file,
             len: 0,

@@ -1,11 +1,14 @@
 //! What the guest writes to its legacy ports: the serial console (into a
 //! bounded console file, watched for a kernel panic line) and the i8042.
 
-use std::io::Write;
+use std::fs::File;
+use std::io::{Seek, SeekFrom, Write};
+
+use nix::sys::memfd::{memfd_create, MemFdCreateFlag};
 
 use vmm_sys_util::eventfd::EventFd;
 
-use super::{Input, Scratch, Script, Seed};
+use super::{Input, Script, Seed};
 use crate::console::{CappedFile, Watched, PANIC};
 use crate::legacy::{Legacy, I8042_COMMAND, I8042_DATA, SERIAL_PORT};
 
@@ -27,13 +30,12 @@ fn port(sel: u16) -> u16 {
 
 pub fn console(data: &[u8]) {
     let mut input = Input::new(data);
-    let Ok(dir) = Scratch::new() else {
+    let fd = memfd_create(c"okvm-fuzz-console", MemFdCreateFlag::MFD_CLOEXEC).expect("memfd");
+    let file = File::from(fd);
+    let Ok(mut seen) = file.try_clone() else {
         return;
     };
-    let path = dir.path().join("console.log");
-    let Ok(file) = CappedFile::create_with_max(&path, MAX) else {
-        return;
-    };
+    let file = CappedFile::with_max(file, MAX);
     let (watched, panic) = Watched::new(file);
     let irq = EventFd::new(libc::EFD_NONBLOCK).expect("eventfd");
     let reset = EventFd::new(libc::EFD_NONBLOCK).expect("eventfd");
@@ -59,7 +61,7 @@ pub fn console(data: &[u8]) {
         }
     }
     let _ = legacy.serial.writer_mut().flush();
-    let len = std::fs::metadata(&path).map_or(0, |m| m.len());
+    let len = seen.seek(SeekFrom::End(0)).unwrap_or(0);
     assert!(len <= MAX, "a console file of {len} bytes");
     if let Some(line) = panic.get() {
         assert!(line.starts_with(PANIC), "{line:?}");

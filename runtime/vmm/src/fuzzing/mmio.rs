@@ -54,14 +54,12 @@ impl VirtioDevice for Checked {
 
 pub fn mmio(data: &[u8]) {
     let mut input = Input::new(data);
-    let Ok(dir) = Scratch::new() else {
-        return;
-    };
-    let device: Box<dyn Serve> = match input.u8() % 3 {
-        0 => Box::new(Rng::new()),
-        1 => Box::new(super::queues::card().0),
-        _ => match Vsock::new(3, dir.path().join("v")) {
-            Ok(v) => Box::new(v),
+    // Only a vsock device needs a directory, for its socket.
+    let (device, _dir): (Box<dyn Serve>, _) = match input.u8() % 3 {
+        0 => (Box::new(Rng::new()), None),
+        1 => (Box::new(super::queues::card().0), None),
+        _ => match Scratch::new().and_then(|d| Ok((Vsock::new(3, d.path().join("v"))?, d))) {
+            Ok((v, d)) => (Box::new(v), Some(d)),
             Err(_) => return,
         },
     };
