@@ -5,6 +5,7 @@
 #   make demo     boot a microVM and show what it printed
 #   make install  okvm into $(PREFIX) (/usr/local), registered with podman
 #   make bench    benchmarks (inside the test host), tables into target/okvm/bench/
+#   make fuzz     every fuzz target under libFuzzer, FUZZ_SECONDS (60) each
 #
 # Artifacts: target/release/{okvm,containerd-shim-okvm-v2}, target/okvm/vmlinux,
 # target/okvm/testhost-vmlinux, target/okvm/okvm-initrd.img, target/okvm/images/.
@@ -19,7 +20,7 @@ ARTIFACTS := target/okvm
 
 PREFIX ?= /usr/local
 
-.PHONY: all setup build install rust init initramfs kernel testhost-kernel images test lint unit test-testhost test-e2e conformance-runc bench demo clean \
+.PHONY: all setup build install rust init initramfs kernel testhost-kernel images test lint unit test-testhost test-e2e conformance-runc bench fuzz demo clean \
 	tier-test-build tier-lint tier-unit tier-conformance-runc tier-test-testhost tier-e2e-a tier-e2e-b
 
 all: build
@@ -120,6 +121,14 @@ tier-e2e-b:
 bench: build
 	$(CARGO) build --release -p okvm-integration --bins
 	integration/bench/run
+
+# Fuzzing (docs/fuzzing.md): each target of fuzz/ under libFuzzer for
+# FUZZ_SECONDS seconds (FUZZ_TARGETS to pick some), coverage-guided on stable
+# Rust; crashes land in target/fuzz/artifacts/. The unit tier replays the
+# corpus in fuzz/corpus/ (seeds and every crash found) as tests.
+FUZZ_SECONDS ?= 60
+fuzz:
+	FUZZ_SECONDS=$(FUZZ_SECONDS) scripts/fuzz
 
 # okvm, its guest kernel and initramfs under $(PREFIX), registered with podman.
 install: build

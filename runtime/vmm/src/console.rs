@@ -11,7 +11,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-const PANIC: &str = "Kernel panic - not syncing";
+pub(crate) const PANIC: &str = "Kernel panic - not syncing";
 /// Longest console line kept while looking for the panic message.
 const MAX_LINE: usize = 512;
 
@@ -102,7 +102,7 @@ impl CappedFile {
         Ok(Self::with_max(open(path)?, MAX_FILE))
     }
 
-    fn with_max(file: File, max: u64) -> Self {
+    pub(crate) fn with_max(file: File, max: u64) -> Self {
         CappedFile {
             file,
             len: 0,

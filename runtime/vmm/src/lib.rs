@@ -8,6 +8,9 @@
 pub mod boot;
 pub mod console;
 pub mod devices;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod layout;
 pub mod legacy;
 pub mod memory;

@@ -46,14 +46,9 @@ impl VirtioDevice for Rng {
     fn write_config(&mut self, _: u64, _: &[u8]) {}
 
     fn activate(&mut self, a: Activation) -> Result<(), ActivateError> {
-        let (Some(queue), Some(event)) = (
-            a.queues.into_iter().next(),
-            a.queue_events.into_iter().next(),
-        ) else {
-            return Err(ActivateError("virtio-rng needs its request queue".into()));
-        };
-        let handler = RngHandler::new(a.mem, queue, event, a.interrupt.clone());
-        let worker = Worker::spawn(super::device_name(DEVICE_TYPE), handler, a.interrupt)
+        let interrupt = a.interrupt.clone();
+        let handler = self.handler(a)?;
+        let worker = Worker::spawn(super::device_name(DEVICE_TYPE), handler, interrupt)
             .map_err(|e| ActivateError(format!("cannot start the virtio-rng thread: {e}")))?;
         self.worker = Some(worker);
         Ok(())
@@ -61,6 +56,26 @@ impl VirtioDevice for Rng {
 
     fn reset(&mut self) {
         self.worker = None;
+    }
+}
+
+impl Rng {
+    /// What `activate` runs on the device's thread.
+    fn handler(&mut self, a: Activation) -> Result<RngHandler, ActivateError> {
+        let (Some(queue), Some(event)) = (
+            a.queues.into_iter().next(),
+            a.queue_events.into_iter().next(),
+        ) else {
+            return Err(ActivateError("virtio-rng needs its request queue".into()));
+        };
+        Ok(RngHandler::new(a.mem, queue, event, a.interrupt))
+    }
+}
+
+#[cfg(feature = "fuzzing")]
+impl crate::fuzzing::Serve for Rng {
+    fn serve(&mut self, a: Activation) -> Result<Box<dyn Handler>, ActivateError> {
+        Ok(Box::new(self.handler(a)?))
     }
 }
 

@@ -23,7 +23,14 @@ pub struct Registry<'a> {
     epoll: &'a Epoll,
 }
 
-impl Registry<'_> {
+impl<'a> Registry<'a> {
+    /// A registry on `epoll`, for driving a handler without a worker thread
+    /// (the fuzz targets do, one event at a time).
+    #[cfg(feature = "fuzzing")]
+    pub(crate) fn new(epoll: &'a Epoll) -> Self {
+        Registry { epoll }
+    }
+
     /// Watch `fd` for `events`, reporting `token`. `u64::MAX` is reserved.
     pub fn add(&self, fd: RawFd, token: u64, events: EventSet) -> io::Result<()> {
         debug_assert_ne!(token, STOP);

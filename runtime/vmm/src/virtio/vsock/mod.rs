@@ -18,6 +18,8 @@
 //! for the credit the guest gets and `muxer` for the caps.
 
 mod connection;
+#[cfg(feature = "fuzzing")]
+pub(crate) mod fuzzing;
 mod handler;
 mod handshake;
 mod muxer;
@@ -157,6 +159,24 @@ impl VirtioDevice for Vsock {
 
     fn activate(&mut self, a: Activation) -> Result<(), ActivateError> {
         self.reset();
+        let interrupt = a.interrupt.clone();
+        let handler = self.handler(a)?;
+        let worker = Worker::spawn(crate::virtio::device_name(DEVICE_TYPE), handler, interrupt)
+            .map_err(|e| ActivateError(format!("cannot start the vsock thread: {e}")))?;
+        self.worker = Some(worker);
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        // Stops the thread; its connections close with it. Clients that
+        // connect meanwhile wait in the listener's backlog.
+        self.worker = None;
+    }
+}
+
+impl Vsock {
+    /// What `activate` runs on the device's thread.
+    fn handler(&mut self, a: Activation) -> Result<VsockHandler, ActivateError> {
         let Activation {
             mem,
             queues,
@@ -202,16 +222,13 @@ impl VirtioDevice for Vsock {
             rx_event,
             tx_event,
         };
-        let handler = VsockHandler::new(mem, queues, interrupt.clone(), muxer);
-        let worker = Worker::spawn(crate::virtio::device_name(DEVICE_TYPE), handler, interrupt)
-            .map_err(|e| ActivateError(format!("cannot start the vsock thread: {e}")))?;
-        self.worker = Some(worker);
-        Ok(())
+        Ok(VsockHandler::new(mem, queues, interrupt, muxer))
     }
+}
 
-    fn reset(&mut self) {
-        // Stops the thread; its connections close with it. Clients that
-        // connect meanwhile wait in the listener's backlog.
-        self.worker = None;
+#[cfg(feature = "fuzzing")]
+impl crate::fuzzing::Serve for Vsock {
+    fn serve(&mut self, a: Activation) -> Result<Box<dyn super::worker::Handler>, ActivateError> {
+        Ok(Box::new(self.handler(a)?))
     }
 }

@@ -159,9 +159,9 @@ impl Muxer {
         }
     }
 
-    /// The pool's books against the connections themselves (tests only:
-    /// it visits every connection).
-    #[cfg(test)]
+    /// The pool's books against the connections themselves (tests and fuzz
+    /// targets only: it visits every connection).
+    #[cfg(any(test, feature = "fuzzing"))]
     fn check_books(&self) {
         let pool: usize = self.conns.values().map(Connection::pool_use).sum();
         let all: usize = self.conns.values().map(held).sum();
@@ -192,7 +192,7 @@ impl Muxer {
         } else if self.conns.contains_key(&token) {
             self.socket_event(r, token, events);
         }
-        #[cfg(test)]
+        #[cfg(any(test, feature = "fuzzing"))]
         self.check_books();
     }
 
@@ -472,7 +472,7 @@ impl Muxer {
         payload: Result<&[u8], PacketError>,
     ) {
         self.guest_packet(r, h, payload);
-        #[cfg(test)]
+        #[cfg(any(test, feature = "fuzzing"))]
         self.check_books();
     }
 
@@ -682,7 +682,7 @@ impl Muxer {
             // Back of the queue if it has more; its socket may be readable again.
             self.refresh(r, token);
         }
-        #[cfg(test)]
+        #[cfg(any(test, feature = "fuzzing"))]
         self.check_books();
         Ok(n)
     }
