@@ -331,6 +331,14 @@ impl Bundle {
         std::fs::write(self.dir.join("config.json"), text).unwrap();
     }
 
+    /// Marks the bundle as a CRI pod's sandbox (`kind` "sandbox") or one of
+    /// its containers ("container"), as containerd's CRI plugin annotates it.
+    pub fn join_pod(&self, kind: &str, pod: &str) {
+        let mut config = self.config();
+        set_pod(&mut config, kind, pod);
+        self.write_config(&config);
+    }
+
     /// Waits for the container to create `/<name>` in its root filesystem (seen on
     /// the host through the bundle) and returns its contents.
     #[track_caller]
@@ -689,4 +697,13 @@ pub fn assert_network_released(record: &Value) {
             "{owner} still holds a lease: {held}"
         );
     }
+}
+
+/// The CRI plugin's annotations that put a container's `config` in `pod`
+/// as its sandbox (`kind` "sandbox") or one of its containers ("container").
+pub fn set_pod(config: &mut Value, kind: &str, pod: &str) {
+    config["annotations"] = json!({
+        "io.kubernetes.cri.container-type": kind,
+        "io.kubernetes.cri.sandbox-id": pod,
+    });
 }

@@ -14,8 +14,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use okvm_tests::oci::{
-    assert_no_trace, default_config, processes_naming, run_to_files, state_pid, HostProcess,
-    Sandbox,
+    assert_no_trace, default_config, processes_naming, run_to_files, set_pod, state_pid,
+    HostProcess, Sandbox,
 };
 use serde_json::{json, Value};
 
@@ -311,12 +311,7 @@ fn a_pods_container_runs_in_the_vm_its_sandbox_booted() {
              while :; do echo from-the-pod | nc -l -p 7000; done",
         ],
     );
-    let annotate = |config: &mut Value, kind: &str| {
-        config["annotations"] = json!({
-            "io.kubernetes.cri.container-type": kind,
-            "io.kubernetes.cri.sandbox-id": pod,
-        });
-    };
+    let annotate = |config: &mut Value, kind: &str| set_pod(config, kind, &pod);
     let mut sandbox_config = sandbox.config();
     annotate(&mut sandbox_config, "sandbox");
     sandbox.write_config(&sandbox_config);
@@ -576,14 +571,7 @@ fn sigkill_of_virtiofsd_stops_the_container_then_delete_leaves_nothing() {
 fn sigkill_of_a_pod_containers_helper_leaves_nothing_and_the_pod_goes_on() {
     let sb = Sandbox::new();
     let pod = sb.new_id("crashpod");
-    let in_pod = |b: &okvm_tests::oci::Bundle, kind: &str| {
-        let mut config = b.config();
-        config["annotations"] = json!({
-            "io.kubernetes.cri.container-type": kind,
-            "io.kubernetes.cri.sandbox-id": pod,
-        });
-        b.write_config(&config);
-    };
+    let in_pod = |b: &okvm_tests::oci::Bundle, kind: &str| b.join_pod(kind, &pod);
     let sandbox = sb.bundle("crashpod", &["sleep", "1000"]);
     in_pod(&sandbox, "sandbox");
     let vm = state_pid(&sb.start_container(&pod, &sandbox));

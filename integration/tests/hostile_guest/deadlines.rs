@@ -19,7 +19,6 @@ use okvm_tests::oci::{
     assert_network_released, assert_no_trace, okvm_network_record, run_piped, state_pid,
     HostProcess, Output, Sandbox, COMMAND_TIMEOUT, STATE_TIMEOUT,
 };
-use serde_json::json;
 
 /// What a verb may take beyond its guest's deadline: starting okvm, reading
 /// the state, connecting, on a slow emulated host.
@@ -146,10 +145,7 @@ fn deleting_a_pods_container_in_a_mute_guest_fails_in_time_and_force_cleans_up()
     let pod = sb.new_id("pod");
     let annotate = |bundle: &okvm_tests::oci::Bundle, args: &[&str], kind: &str| {
         let mut config = okvm_tests::oci::default_config(args);
-        config["annotations"] = json!({
-            "io.kubernetes.cri.container-type": kind,
-            "io.kubernetes.cri.sandbox-id": pod,
-        });
+        okvm_tests::oci::set_pod(&mut config, kind, &pod);
         bundle.write_config(&config);
     };
     let sandbox = sb.bundle("pod", &["hostile", "obedient"]);

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use okvm_integration::{hostile, require_testhost};
 use okvm_tests::oci::{run_to_files, Sandbox};
-use serde_json::{json, Value};
+use serde_json::json;
 
 const VOLUME: &str = "/run/okvm-hostile-ro";
 const LIMIT: Duration = Duration::from_secs(300);
@@ -67,8 +67,7 @@ fn a_read_only_volume_is_read_only_in_the_share_down_to_its_submounts() {
             "cat /vol/sub/inner; touch /vol/sub/x 2>/dev/null && echo wrote || echo refused; sleep 1000",
         ],
     );
-    let mut config: Value =
-        serde_json::from_slice(&std::fs::read(bundle.path().join("config.json")).unwrap()).unwrap();
+    let mut config = bundle.config();
     config["mounts"].as_array_mut().unwrap().push(json!({
         "destination": "/vol", "type": "bind", "source": VOLUME, "options": ["rbind", "ro"]
     }));

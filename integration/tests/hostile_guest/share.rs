@@ -16,7 +16,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use okvm_integration::{hostile, require_testhost};
-use okvm_tests::oci::{run_to_files, Bundle, Sandbox};
+use okvm_tests::oci::{run_to_files, set_pod, Bundle, Sandbox};
 use serde_json::{json, Value};
 
 /// Host files the attacker's links point at: any change to them means root
@@ -91,17 +91,10 @@ done
     )
 }
 
-fn config_of(b: &Bundle) -> Value {
-    serde_json::from_slice(&std::fs::read(b.path().join("config.json")).unwrap()).unwrap()
-}
-
 /// Marks a bundle as a CRI pod's sandbox or one of its containers.
 fn in_pod(b: &Bundle, kind: &str, pod: &str, mounts: &[Value]) {
-    let mut config = config_of(b);
-    config["annotations"] = json!({
-        "io.kubernetes.cri.container-type": kind,
-        "io.kubernetes.cri.sandbox-id": pod,
-    });
+    let mut config = b.config();
+    set_pod(&mut config, kind, pod);
     let list = config["mounts"].as_array_mut().unwrap();
     list.extend(mounts.iter().cloned());
     b.write_config(&config);
