@@ -42,12 +42,33 @@ pub fn sh(script: &str) -> Output {
     Command::new("bash").args(["-c", script]).output().unwrap()
 }
 
-/// `podman run --rm --runtime okvm [ARGS] IMAGE CMD...` through sh.
+/// How long one `podman run` may take before it counts as hung: a guard,
+/// well past okvm's own 120 s boot deadline, not a measure of speed.
+const RUN_GUARD: Duration = Duration::from_secs(300);
+
+/// `podman run --rm --runtime okvm [ARGS] IMAGE CMD...` through sh. A run
+/// that outlasts [`RUN_GUARD`] fails the test with what okvm's processes and
+/// state say at that moment, instead of hanging the suite.
 pub fn run(args: &str, cmd: &str) -> Output {
-    sh(&format!(
-        "podman run --rm --runtime okvm {args} {IMAGE} {cmd}"
-    ))
+    let started = Instant::now();
+    let out = sh(&format!(
+        "timeout -k 10 {} podman run --rm --runtime okvm {args} {IMAGE} {cmd}",
+        RUN_GUARD.as_secs()
+    ));
+    if started.elapsed() >= RUN_GUARD {
+        panic!(
+            "`podman run {args} {cmd}` did not end within {RUN_GUARD:?}: {out:?}\n{}",
+            stdout(&sh(HUNG_RUN_REPORT))
+        );
+    }
+    out
 }
+
+/// What a hung run leaves to look at: okvm's processes and, per container,
+/// the end of its sandbox log and guest console.
+const HUNG_RUN_REPORT: &str = "ps -eo pid,ppid,etime,stat,args | grep -E '[o]kvm|[v]irtiofsd|[c]onmon|[p]odman'; \
+     for d in /run/okvm/*/; do echo \"--- $d\"; ls -l \"$d\"; cat \"$d\"state.json 2>/dev/null; echo; \
+     tail -n 30 \"$d\"sandbox.log \"$d\"console.log 2>/dev/null; done 2>&1";
 
 pub fn stdout(o: &Output) -> String {
     text(&o.stdout)
