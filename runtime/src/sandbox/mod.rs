@@ -445,11 +445,12 @@ pub fn exit_like(code: Option<i32>, signal: Option<i32>) -> ! {
         Ending::Signal(n) => n,
     };
     let _ = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_CORE, 0, 0);
-    // SAFETY: the default disposition of a signal whose default action ends
-    // the process (Ending::of checked it is one, and none of glibc's own);
-    // then it is unblocked in this thread and raised on this thread, so it
-    // is delivered here before raise returns. Only a sigset_t on the stack is
-    // written.
+    // The default disposition of a signal whose default action ends the
+    // process (Ending::of checked it is one, and none of glibc's own); then
+    // it is unblocked in this thread and raised on this thread, so it is
+    // delivered here before raise returns.
+    // SAFETY: plain libc calls on a valid signal number; only a sigset_t on
+    // our stack is written.
     unsafe {
         libc::signal(n, libc::SIG_DFL);
         let mut set: libc::sigset_t = std::mem::zeroed();
